@@ -1,0 +1,10 @@
+"""qadb: a database-centric platform for generative materials-discovery campaigns.
+
+The package is layered, with imports pointing one way only::
+
+    store  <-  chem  <-  models  <-  drivers / workflows  <-  campaign  <-  cli
+
+`qadb.fidelity`, `qadb.errors` and `qadb.config` are leaves every layer may use.
+"""
+
+__version__ = "0.1.0"
