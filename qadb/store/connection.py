@@ -1,0 +1,197 @@
+"""Opening a store: a real MongoDB server by URI, or the embedded default on local disk.
+
+``mongodb://`` and ``mongodb+srv://`` URIs go to pymongo. Anything else (``embedded://PATH`` or a
+bare folder path) opens the embedded engine, litemongo: the mongomock query engine over one SQLite
+file per collection. It was chosen from measurements recorded in ``docs/store.md``: it passes the
+pymongo operations mongoengine and jobflow use, persists across processes and needs no server.
+It is not safe for concurrent writers, so a writer takes an exclusive ``flock`` on ``LOCK`` in the
+store folder; a second writer gets a `StoreLockedError` naming the holder's pid instead of
+corrupting the files. Readers take no lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gridfs
+import mongoengine
+import pymongo
+from pymongo.errors import PyMongoError
+
+from qadb import config
+from qadb.errors import StoreError, StoreLockedError
+
+ALIAS = "default"
+_SERVER_SCHEMES = ("mongodb://", "mongodb+srv://")
+
+
+def is_server_uri(uri: str) -> bool:
+    return uri.startswith(_SERVER_SCHEMES)
+
+
+def embedded_path(uri: str) -> Path:
+    """Folder of an embedded store given as ``embedded://PATH`` or a bare path."""
+    path = uri[len(config.EMBEDDED_SCHEME):] if uri.startswith(config.EMBEDDED_SCHEME) else uri
+    return Path(path).expanduser().resolve()
+
+
+class _WriterLock:
+    """Exclusive advisory lock held for the life of a writable embedded connection."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / "LOCK"
+        self._fh = None
+
+    def acquire(self) -> None:
+        fh = open(self.path, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            fh.close()
+            raise StoreLockedError(
+                f"embedded store {self.path.parent} is open for writing by another process "
+                f"(pid {holder}); wait for it to finish, or use a MongoDB server (QADB_MONGO_URI)"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._fh = fh
+
+    def release(self) -> None:
+        if self._fh is not None:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+
+@dataclass
+class Store:
+    """An open store: the pymongo-compatible database, its GridFS, and what it is."""
+
+    uri: str
+    db: Any
+    client: Any
+    embedded: bool
+    read_only: bool = False
+    _lock: _WriterLock | None = field(default=None, repr=False)
+
+    @property
+    def display_uri(self) -> str:
+        return config.redact(self.uri)
+
+    @property
+    def fs(self) -> gridfs.GridFS:
+        return gridfs.GridFS(self.db)
+
+    def require_writable(self) -> None:
+        if self.read_only:
+            raise StoreError(f"store {self.display_uri} was opened read-only; refusing to write")
+
+    def close(self) -> None:
+        mongoengine.disconnect(alias=ALIAS)
+        try:
+            self.client.close()
+        finally:
+            if self._lock:
+                self._lock.release()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _embedded_client_class(folder: Path):
+    """A mongoengine-compatible client class bound to one litemongo folder."""
+    import litemongo
+    from litemongo._vendor.mongomock.gridfs import enable_gridfs_integration
+
+    enable_gridfs_integration()
+
+    class EmbeddedClient(litemongo.MongoClient):
+        def __init__(self, host: Any = None, **kwargs: Any):
+            super().__init__(str(folder), database=config.DEFAULT_DB)
+
+    return EmbeddedClient
+
+
+def _db_name(uri: str) -> str:
+    name = pymongo.uri_parser.parse_uri(uri).get("database") if is_server_uri(uri) else None
+    return name or os.environ.get("QADB_DB", config.DEFAULT_DB)
+
+
+def connect(uri: str | None = None, *, read_only: bool = False, timeout_ms: int = 5000) -> Store:
+    """Open the store named by `uri` (see `qadb.config.store_uri` for the default).
+
+    Registers it as mongoengine's default connection, so the documents in `qadb.store.documents`
+    read and write here. One store is active per process at a time.
+    """
+    uri = config.store_uri(uri)
+    mongoengine.disconnect(alias=ALIAS)
+    if is_server_uri(uri):
+        return _connect_server(uri, read_only, timeout_ms)
+    return _connect_embedded(uri, read_only)
+
+
+def _connect_server(uri: str, read_only: bool, timeout_ms: int) -> Store:
+    name = _db_name(uri)
+    try:
+        client = mongoengine.connect(
+            db=name, host=uri, alias=ALIAS, serverSelectionTimeoutMS=timeout_ms, uuidRepresentation="standard"
+        )
+        client.admin.command("ping")
+    except PyMongoError as exc:
+        mongoengine.disconnect(alias=ALIAS)
+        first = str(exc).split("\n")[0].split(", Timeout")[0]
+        raise StoreError(f"cannot reach MongoDB at {config.redact(uri)}: {first}") from None
+    store = Store(uri=uri, db=client[name], client=client, embedded=False, read_only=read_only)
+    if not read_only:
+        ensure_indexes()
+    return store
+
+
+def _connect_embedded(uri: str, read_only: bool) -> Store:
+    folder = embedded_path(uri)
+    if read_only and not folder.exists():
+        raise StoreError(f"embedded store {folder} does not exist yet; ingest something first")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create embedded store at {folder}: {exc.strerror}") from None
+    if not read_only and not os.access(folder, os.W_OK):
+        raise StoreError(f"embedded store {folder} is not writable")
+    lock = None
+    if not read_only:
+        lock = _WriterLock(folder)
+        lock.acquire()
+    try:
+        client = mongoengine.connect(
+            db=config.DEFAULT_DB, alias=ALIAS, mongo_client_class=_embedded_client_class(folder)
+        )
+    except Exception:
+        if lock:
+            lock.release()
+        raise
+    store = Store(
+        uri=config.EMBEDDED_SCHEME + str(folder), db=client[config.DEFAULT_DB], client=client,
+        embedded=True, read_only=read_only, _lock=lock,
+    )
+    if not read_only:
+        ensure_indexes()
+    return store
+
+
+def ensure_indexes() -> None:
+    """Create the indexes every document declares (idempotent)."""
+    from qadb.store.documents import ALL_DOCUMENTS
+
+    for doc in ALL_DOCUMENTS:
+        doc.ensure_indexes()

@@ -1,0 +1,245 @@
+"""Reading structure files and datasets into raw records, without touching the store.
+
+A `RawRecord` is one structure-to-be (file text or a dict) with where it came from and the labels
+that ride along. Parsing text into a pymatgen Structure happens later, in `parse`, so ingest can
+spread it over worker processes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+from pymatgen.core import Structure
+
+from qadb import fidelity as fid
+from qadb.errors import InputError
+from qadb.store import properties
+
+STRUCTURE_FORMATS = ("cif", "poscar", "json", "extxyz", "csv")
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    """How one CSV column becomes a label: ``COLUMN=PROPERTY@FIDELITY[:UNITS]``."""
+
+    column: str
+    property: str
+    fidelity: str
+    units: str | None = None
+    code: str = "dataset"
+    parameters: dict = field(default_factory=dict, hash=False, compare=False)
+
+    @classmethod
+    def parse(cls, text: str) -> "LabelSpec":
+        try:
+            column, rest = text.split("=", 1)
+            prop, rest = rest.split("@", 1)
+        except ValueError:
+            raise InputError(f"label spec {text!r} must look like COLUMN=PROPERTY@FIDELITY[:UNITS]") from None
+        fidelity_name, _, units = rest.partition(":")
+        properties.get(prop.strip())
+        return cls(column.strip(), prop.strip(), fid.canonical(fidelity_name), units.strip() or None)
+
+
+@dataclass
+class RawLabel:
+    property: str
+    value: float
+    units: str | None
+    fidelity: str
+    code: str = "dataset"
+    code_version: str | None = None
+    parameters: dict = field(default_factory=dict)
+    uncertainty: float | None = None
+    restore: dict | None = None  # a label exported by qadb, restored as it was
+
+
+@dataclass
+class RawRecord:
+    """One structure to ingest: its text or dict, where it came from and its labels."""
+
+    where: str
+    fmt: str
+    payload: str | dict
+    source: str
+    source_id: str | None = None
+    labels: list[RawLabel] = field(default_factory=list)
+    experimental: bool = False
+    restore: dict | None = None  # a structure document exported by qadb, restored as it was
+
+
+def parse(record: RawRecord) -> Structure:
+    """The record's structure; `InputError` naming the record if it cannot be read."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if record.fmt == "dict":
+                return Structure.from_dict(record.payload)
+            if record.fmt == "cif":
+                return Structure.from_str(record.payload, fmt="cif")
+            if record.fmt == "poscar":
+                return Structure.from_str(record.payload, fmt="poscar")
+    except InputError:
+        raise
+    except Exception as exc:  # pymatgen raises many types for broken text
+        first = str(exc).strip().split("\n")[0] or type(exc).__name__
+        raise InputError(f"{record.where}: cannot read {record.fmt.upper()}: {first}") from None
+    raise InputError(f"{record.where}: unsupported format {record.fmt!r}")
+
+
+def _read_text(path: Path) -> str:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt") as fh:
+            return fh.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read file ({exc})") from None
+
+
+def detect_format(path: Path) -> str:
+    name = path.name.lower().removesuffix(".gz")
+    if name.endswith(".cif"):
+        return "cif"
+    if name.endswith((".vasp", ".poscar")) or name.startswith(("poscar", "contcar")):
+        return "poscar"
+    if name.endswith(".json"):
+        return "json"
+    if name.endswith((".extxyz", ".xyz")):
+        return "extxyz"
+    if name.endswith(".csv"):
+        return "csv"
+    raise InputError(f"{path}: cannot tell the format from the name; pass --format ({', '.join(STRUCTURE_FORMATS)})")
+
+
+def read_cif(path: Path, source: str) -> Iterator[RawRecord]:
+    text = _read_text(path)
+    blocks = [b for b in text.split("\ndata_") if b.strip()]
+    if len(blocks) <= 1:
+        yield RawRecord(f"{path}", "cif", text, source, source_id=path.stem)
+        return
+    for i, block in enumerate(blocks):
+        block = block if block.lstrip().startswith("data_") else "data_" + block
+        yield RawRecord(f"{path}:block {i + 1}", "cif", block, source, source_id=f"{path.stem}#{i + 1}")
+
+
+def read_poscar(path: Path, source: str) -> Iterator[RawRecord]:
+    yield RawRecord(f"{path}", "poscar", _read_text(path), source, source_id=path.stem)
+
+
+def read_extxyz(path: Path, source: str) -> Iterator[RawRecord]:
+    from ase.io import read
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    try:
+        frames = read(io.StringIO(_read_text(path)), index=":", format="extxyz")
+    except Exception as exc:
+        raise InputError(f"{path}: cannot read extxyz: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    for i, atoms in enumerate(frames):
+        if not atoms.pbc.all():
+            raise InputError(f"{path}:frame {i + 1}: not periodic in all three directions")
+        struct = AseAtomsAdaptor.get_structure(atoms)
+        yield RawRecord(f"{path}:frame {i + 1}", "dict", struct.as_dict(), source, source_id=f"{path.stem}#{i + 1}")
+
+
+def read_json(path: Path, source: str) -> Iterator[RawRecord]:
+    """pymatgen Structure dicts, MP-style documents with a ``structure`` key, lists of either, or a
+    qadb export (``{"meta": ..., "data": [...]}``), whose documents are restored as they were."""
+    try:
+        data = json.loads(_read_text(path))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    if isinstance(data, dict) and "data" in data and isinstance(data["data"], list):
+        items = data["data"]
+    elif isinstance(data, list):
+        items = data
+    else:
+        items = [data]
+    for i, item in enumerate(items):
+        where = f"{path}:item {i + 1}"
+        if not isinstance(item, dict):
+            raise InputError(f"{where}: expected an object, got {type(item).__name__}")
+        if item.get("@class") == "Structure":
+            yield RawRecord(where, "dict", item, source, source_id=f"{path.stem}#{i + 1}")
+            continue
+        if not isinstance(item.get("structure"), dict):
+            raise InputError(f"{where}: no 'structure' object (expected a pymatgen Structure dict)")
+        restore = item if str(item.get("material_id", "")).startswith("qadb-") and "labels" in item else None
+        labels = [_restored_label(where, lab) for lab in item.get("labels", [])] if restore else []
+        yield RawRecord(
+            where, "dict", item["structure"], source,
+            source_id=str(item["material_id"]) if item.get("material_id") else f"{path.stem}#{i + 1}",
+            labels=labels, experimental=bool(item.get("experimental", False)), restore=restore,
+        )
+
+
+def _restored_label(where: str, lab: dict) -> RawLabel:
+    try:
+        return RawLabel(
+            property=lab["property"], value=lab["value"], units=lab["units"], fidelity=lab["fidelity"],
+            code=lab.get("code", "dataset"), code_version=lab.get("code_version"),
+            parameters=lab.get("parameters", {}), uncertainty=lab.get("uncertainty"), restore=lab,
+        )
+    except KeyError as exc:
+        raise InputError(f"{where}: label is missing field {exc.args[0]!r}") from None
+
+
+def read_csv(
+    path: Path,
+    source: str,
+    *,
+    cif_column: str = "cif",
+    id_column: str | None = None,
+    id_prefix: str = "",
+    labels: list[LabelSpec] = (),
+    theoretical_column: str | None = None,
+    row_filter=None,
+) -> Iterator[RawRecord]:
+    """A CSV (optionally gzipped) with one CIF string per row and label columns."""
+    try:
+        df = pd.read_csv(path)
+    except Exception as exc:
+        raise InputError(f"{path}: cannot read CSV ({str(exc).splitlines()[0]})") from None
+    missing = [c for c in [cif_column, id_column, *(s.column for s in labels)] if c and c not in df.columns]
+    if missing:
+        raise InputError(f"{path}: missing column(s) {', '.join(missing)}; has {', '.join(map(str, df.columns))}")
+    if id_column is None and "material_id" in df.columns:
+        id_column = "material_id"
+    if row_filter is not None:
+        df = df[row_filter(df)]
+    for idx, row in df.iterrows():
+        where = f"{path.name}:row {idx + 2}"  # +2: header line and 1-based lines
+        text = row[cif_column]
+        if not isinstance(text, str) or not text.strip():
+            raise InputError(f"{where}: empty {cif_column!r} cell")
+        raw_labels = []
+        for spec in labels:
+            value = row[spec.column]
+            if pd.isna(value):
+                continue
+            raw_labels.append(
+                RawLabel(spec.property, value, spec.units, spec.fidelity, code=spec.code, parameters=dict(spec.parameters))
+            )
+        sid = f"{id_prefix}{row[id_column]}" if id_column else f"{source}:{idx}"
+        experimental = bool(theoretical_column) and not bool(row[theoretical_column])
+        yield RawRecord(where, "cif", text, source, source_id=sid, labels=raw_labels, experimental=experimental)
+
+
+def read_path(path: Path, fmt: str | None = None, source: str | None = None, **csv_options) -> Iterator[RawRecord]:
+    """Records from one file of any supported format."""
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    fmt = fmt or detect_format(path)
+    source = source or path.name
+    readers = {"cif": read_cif, "poscar": read_poscar, "json": read_json, "extxyz": read_extxyz}
+    if fmt == "csv":
+        return read_csv(path, source, **csv_options)
+    if fmt not in readers:
+        raise InputError(f"{path}: unsupported format {fmt!r}; use one of {', '.join(STRUCTURE_FORMATS)}")
+    return readers[fmt](path, source)
