@@ -1,0 +1,5 @@
+"""``python -m qadb.cli`` runs the command line."""
+
+from qadb.cli import main
+
+main()
