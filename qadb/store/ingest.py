@@ -441,11 +441,14 @@ def _write(planner: _Planner, labels: dict[str, LabelDoc], activity: str, parame
     now = utcnow()
     for mid, upd in planner.updates.items():
         change: dict = {"$set": {"updated_at": now}}
+        # read-modify-$set rather than $push: one writer per embedded store, and nx-27017
+        # turns sub-documents pushed with $each into strings
+        current = (coll.find_one({"_id": mid}, {"members": 1}) or {}).get("members", [])
+        existing = {(m.get("struct_hash"), m.get("source_id")) for m in current}
         members = [m.to_mongo().to_dict() for m in upd["members"]]
-        existing = {(m.get("struct_hash"), m.get("source_id")) for m in (coll.find_one({"_id": mid}, {"members": 1}) or {}).get("members", [])}
         members = [m for m in members if (m["struct_hash"], m.get("source_id")) not in existing]
         if members:
-            change["$push"] = {"members": {"$each": members}}
+            change["$set"]["members"] = current + members
         if upd["source_ids"]:
             change["$addToSet"] = {"source_ids": {"$each": sorted(upd["source_ids"])}}
         if upd["rep"]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,14 +120,14 @@ def detect_format(path: Path) -> str:
 
 
 def read_cif(path: Path, source: str) -> Iterator[RawRecord]:
+    """One record per ``data_`` block, so multi-structure CIFs report the failing block."""
     text = _read_text(path)
-    blocks = [b for b in text.split("\ndata_") if b.strip()]
-    if len(blocks) <= 1:
+    starts = [m.start() for m in re.finditer(r"(?m)^data_", text)]
+    if len(starts) <= 1:
         yield RawRecord(f"{path}", "cif", text, source, source_id=path.stem)
         return
-    for i, block in enumerate(blocks):
-        block = block if block.lstrip().startswith("data_") else "data_" + block
-        yield RawRecord(f"{path}:block {i + 1}", "cif", block, source, source_id=f"{path.stem}#{i + 1}")
+    for i, (a, b) in enumerate(zip(starts, [*starts[1:], len(text)])):
+        yield RawRecord(f"{path}:block {i + 1}", "cif", text[a:b], source, source_id=f"{path.stem}#{i + 1}")
 
 
 def read_poscar(path: Path, source: str) -> Iterator[RawRecord]:
