@@ -150,7 +150,7 @@ def _connect_server(uri: str, read_only: bool, timeout_ms: int) -> Store:
         client.admin.command("ping")
     except PyMongoError as exc:
         mongoengine.disconnect(alias=ALIAS)
-        first = str(exc).split("\n")[0].split(", Timeout")[0]
+        first = str(exc).split("\n")[0].split(", Timeout")[0].split(" (configured timeouts")[0]
         raise StoreError(f"cannot reach MongoDB at {config.redact(uri)}: {first}") from None
     store = Store(uri=uri, db=client[name], client=client, embedded=False, read_only=read_only)
     if not read_only:

@@ -1,0 +1,167 @@
+"""Store benchmark: ingest rate with deduplication, query latency, re-ingest, embedded vs wire server.
+
+    python bench/store.py [--quick] [--out FILE]
+
+Full: every structure-bearing staged dataset pooled (~71k records, ~50k after deduplication) into
+the embedded store, queries at 10k and at the full size, and a 10k ingest + queries on an
+nx-27017 wire server. Quick (< 60 s on 2 cores): 1,500 MP-20 val records on both backends.
+Ingest is timed from file text to committed documents (reading the CSV, parsing every CIF,
+symmetry, deduplication, writes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from qadb.store import Query, connect, find, ingest_records, records_from_dataset  # noqa: E402
+from qadb.store.documents import LabelDoc, StructureDoc  # noqa: E402
+
+STRUCTURE_DATASETS = ("mp20-val", "mp20-test", "mp20-subsets", "mpts52", "perov5", "carbon24", "mp-elasticity", "aflow-bulk", "fere", "fuse-probes")
+
+
+def _records(names, limit=None):
+    recs = []
+    for name in names:
+        recs.extend(records_from_dataset(name))
+    return recs[:limit] if limit else recs
+
+
+def _query_latencies(n_queries: int, seed: int = 0) -> dict[str, list[float]]:
+    rng = random.Random(seed)
+    systems = [d["chemsys"] for d in StructureDoc._get_collection().find({}, {"chemsys": 1})]
+    formulas = [d["formula_pretty"] for d in StructureDoc._get_collection().find({}, {"formula_pretty": 1})]
+    find(Query(chemsys=systems[0]))  # first query builds the engine's in-process indexes
+    kinds = {
+        "chemsys": lambda: Query(chemsys=rng.choice(systems)),
+        "chemsys_property": lambda: Query(chemsys=rng.choice(systems), property="formation_energy_per_atom", value_range=(-5.0, 0.0)),
+        "formula": lambda: Query(formula=rng.choice(formulas)),
+    }
+    out: dict[str, list[float]] = {k: [] for k in kinds}
+    for _ in range(n_queries):
+        for kind, make in kinds.items():
+            q = make()
+            t = time.perf_counter()
+            find(q)
+            out[kind].append((time.perf_counter() - t) * 1000)
+    for kind, q in (("elements_scan", Query(elements=["O"], limit=100)),
+                    ("property_only_scan", Query(property="band_gap", value_range=(1.0, 1.8), limit=100))):
+        t = time.perf_counter()
+        find(q)
+        out[kind] = [(time.perf_counter() - t) * 1000]
+    return out
+
+
+def _ingest(uri: str, records) -> dict:
+    with connect(uri) as s:
+        t = time.perf_counter()
+        rep = ingest_records(s, records)
+        dt = time.perf_counter() - t
+        n_struct = StructureDoc.objects.count()
+        n_labels = LabelDoc.objects.count()
+        t = time.perf_counter()
+        again = ingest_records(s, records)
+        dt_re = time.perf_counter() - t
+        lat = _query_latencies(20 if len(records) < 5000 else 50)
+    return {"seconds": dt, "records": len(records), "structures": n_struct, "labels": n_labels,
+            "merged": rep.merged, "reingest_added": again.new_structures + again.new_labels,
+            "reingest_s": dt_re, "latency": lat}
+
+
+def _start_wire(folder: Path) -> tuple[str, list[str]]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    exe = shutil.which("nx-27017")
+    folder.mkdir(parents=True, exist_ok=True)
+    pid = folder / "pid"
+    subprocess.run([exe, "-d", "--data-dir", str(folder / "data"), "--host", "127.0.0.1", "--port", str(port),
+                    "--pid-file", str(pid), "--log-file", str(folder / "log")], check=True)
+    import pymongo
+
+    for _ in range(100):
+        try:
+            pymongo.MongoClient(f"mongodb://127.0.0.1:{port}", serverSelectionTimeoutMS=300).admin.command("ping")
+            break
+        except pymongo.errors.PyMongoError:
+            time.sleep(0.2)
+    return f"mongodb://127.0.0.1:{port}/qadb_bench", [exe, "--stop", "--pid-file", str(pid)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "store.json")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="qadb-bench-"))
+    metrics: dict[str, dict] = {}
+
+    def put(name, value, unit, target=None, direction="max"):
+        metrics[name] = {"value": round(float(value), 4), "unit": unit, "target": target, "direction": direction}
+
+    try:
+        if args.quick:
+            recs = _records(["mp20-val"], 1500)
+            big = _ingest(str(tmp / "embedded"), recs)
+            label = f"{len(recs)} records"
+        else:
+            recs = _records(STRUCTURE_DATASETS)
+            small = _ingest(str(tmp / "embedded10k"), recs[:10000])
+            for kind in ("chemsys", "chemsys_property"):
+                put(f"query_p50_ms_10k_{kind}", np.percentile(small["latency"][kind], 50), "ms", 20, "min")
+            big = _ingest(str(tmp / "embedded"), recs)
+            label = f"{len(recs)} records"
+        rate = big["records"] / big["seconds"]
+        put("ingest_per_s", rate, "structures/s", 500, "max")
+        put("ingest_structures_after_dedupe", big["structures"], "count", None, "max")
+        put("ingest_records", big["records"], "count", None, "max")
+        put("dedupe_merged", big["merged"], "count", None, "max")
+        put("reingest_added", big["reingest_added"], "count", 0, "min")
+        put("reingest_per_s", big["records"] / big["reingest_s"], "records/s", None, "max")
+        both = big["latency"]["chemsys"] + big["latency"]["chemsys_property"]
+        put("query_p50_ms", np.percentile(both, 50), "ms", 20, "min")
+        put("query_p95_ms", np.percentile(both, 95), "ms", None, "min")
+        for kind, vals in big["latency"].items():
+            put(f"query_{kind}_p50_ms", np.percentile(vals, 50), "ms", None, "min")
+        wire_recs = recs[:1500] if args.quick else recs[:10000]
+        if shutil.which("nx-27017"):
+            uri, stop = _start_wire(tmp / "wire")
+            try:
+                w = _ingest(uri, wire_recs)
+            finally:
+                subprocess.run(stop, capture_output=True)
+            put("wire_ingest_per_s", w["records"] / w["seconds"], "structures/s", None, "max")
+            wboth = w["latency"]["chemsys"] + w["latency"]["chemsys_property"]
+            put("wire_query_p50_ms", np.percentile(wboth, 50), "ms", None, "min")
+            put("wire_query_p95_ms", np.percentile(wboth, 95), "ms", None, "min")
+            put("wire_reingest_added", w["reingest_added"], "count", 0, "min")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    env = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
+           "load_avg_1m": os.getloadavg()[0], "workload": label}
+    result = {"area": "store", "quick": args.quick, "env": env, "metrics": metrics}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"| metric | value | unit | target |\n|---|---|---|---|")
+    for name, m in metrics.items():
+        print(f"| {name} | {m['value']} | {m['unit']} | {m['target'] if m['target'] is not None else ''} |")
+    print(f"\n{label}; load average {env['load_avg_1m']:.1f} on {env['cpus']} cores; written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
