@@ -49,6 +49,7 @@ class Analysed:
     identity: Identity | None = None
     labels: list[RawLabel] = field(default_factory=list)
     error: str | None = None
+    known: tuple[str, str, str] | None = None  # (material, formula, chemsys) when the text was seen before
 
 
 @dataclass
@@ -89,6 +90,14 @@ def _analyse_record(record: RawRecord) -> Analysed:
         msg = str(exc)
         return Analysed(record, error=msg if msg.startswith(record.where) else f"{record.where}: {msg}")
     return Analysed(record, ident, labels)
+
+
+def _known_record(record: RawRecord, known: tuple[str, str, str]) -> Analysed:
+    """A record whose exact text is stored already: only its labels need checking."""
+    try:
+        return Analysed(record, labels=[_normalise_label(lab) for lab in record.labels], known=known)
+    except InputError as exc:
+        return Analysed(record, error=f"{record.where}: {exc}")
 
 
 def analyse_all(records: list[RawRecord], workers: int | None = None, progress: Callable[[int], None] | None = None) -> list[Analysed]:
@@ -139,37 +148,43 @@ class _Planner:
     """Decides, record by record, whether it is new, a duplicate, or the same entry seen again."""
 
     def __init__(self) -> None:
-        self.aliases: dict[str, tuple[str, str]] = {}
-        self.new_aliases: dict[str, tuple[str, str]] = {}
+        self.aliases: dict[str, tuple[str, str, str | None]] = {}
+        self.new_aliases: dict[str, tuple[str, str, str | None]] = {}
         self.by_formula: dict[str, list[_Candidate]] = {}
         self.new_docs: dict[str, dict] = {}
         self.updates: dict[str, dict] = defaultdict(lambda: {"members": [], "source_ids": set(), "flags": set(), "rep": None})
         self.report = IngestReport()
 
     # -- lookups: aliases prefetched from the store, then what this batch added ---------------
-    def prefetch(self, analysed: list[Analysed]) -> None:
+    def prefetch(self, keys: Iterable[str]) -> None:
         """Load every alias this batch could hit in a few primary-key queries."""
-        keys = set()
-        for a in analysed:
-            if a.identity:
-                keys.add("h:" + a.identity.struct_hash)
-                if a.record.source_id:
-                    keys.add("s:" + a.record.source_id)
-        keys = sorted(keys)
+        keys = sorted(set(keys) - set(self.aliases))
         coll = AliasDoc._get_collection()
         for i in range(0, len(keys), 1000):
             for doc in coll.find({"_id": {"$in": keys[i:i + 1000]}}):
-                self.aliases[doc["_id"]] = (doc["material"], doc["formula_pretty"])
+                self.aliases[doc["_id"]] = (doc["material"], doc["formula_pretty"], doc.get("chemsys"))
+
+    def seen_text(self, rec: RawRecord) -> tuple[str, str, str] | None:
+        """(material, formula, chemsys) if this exact text and its source id are already stored."""
+        hit = self.aliases.get(rec.text_key())
+        if hit is None or rec.restore:
+            return None
+        if rec.source_id:
+            src = self.aliases.get("s:" + rec.source_id)
+            if src is None or src[0] != hit[0]:
+                return None
+        return hit
 
     def _alias(self, key: str, formula: str) -> str | None:
         hit = self.aliases.get(key)
         return hit[0] if hit and hit[1] == formula else None
 
     def _remember(self, mid: str, ident: Identity, rec: RawRecord) -> None:
-        for key in ("h:" + ident.struct_hash, "s:" + rec.source_id if rec.source_id else None):
+        keys = ("h:" + ident.struct_hash, "s:" + rec.source_id if rec.source_id else None, rec.text_key())
+        for key in keys:
             if key and key not in self.aliases:
-                self.aliases[key] = (mid, ident.formula_pretty)
-                self.new_aliases[key] = (mid, ident.formula_pretty)
+                self.aliases[key] = (mid, ident.formula_pretty, ident.chemsys)
+                self.new_aliases[key] = (mid, ident.formula_pretty, ident.chemsys)
 
     def _candidates(self, formula: str) -> list[_Candidate]:
         if formula not in self.by_formula:
@@ -379,30 +394,38 @@ def ingest_records(
         if progress:
             progress("parse", done[0], total)
 
-    analysed = analyse_all(records, workers, tick)
+    planner = _Planner()
+    planner.prefetch([r.text_key() for r in records] + ["s:" + r.source_id for r in records if r.source_id])
+    known = [planner.seen_text(r) for r in records]
+    fresh = [r for r, k in zip(records, known) if k is None]
+    parsed = iter(analyse_all(fresh, workers, tick))
+    analysed = [_known_record(r, k) if k else next(parsed) for r, k in zip(records, known)]
     bad = [a for a in analysed if a.error]
     if bad and strict:
         more = f" (and {len(bad) - 1} more bad record(s); --skip-bad stores the rest)" if len(bad) > 1 else ""
         raise InputError(f"{bad[0].error}{more}; nothing was stored")
     activity = "ingest-" + content_hash({
-        "records": [a.identity.struct_hash if a.identity else a.error for a in analysed],
+        "records": [a.record.text_key() if not a.error else a.error for a in analysed],
         "labels": [[(lab.property, lab.fidelity, lab.value) for lab in a.labels] for a in analysed],
         "sources": [(a.record.source, a.record.source_id) for a in analysed],
     })[:20]
-    planner = _Planner()
-    planner.prefetch(analysed)
+    planner.prefetch(k for a in analysed if a.identity for k in ("h:" + a.identity.struct_hash,))
     planner.report.records = total
     planner.report.skipped = [a.error for a in bad]
     labels: dict[str, LabelDoc] = {}
     touched: set[str] = set()
     for order, item in enumerate(a for a in analysed if not a.error):
-        mid = planner.place(item, order, activity)
-        chemsys = item.identity.chemsys
+        if item.known:
+            planner.report.already_present += 1
+            mid, chemsys = item.known[0], item.known[2]
+        else:
+            mid = planner.place(item, order, activity)
+            chemsys = item.identity.chemsys
         origin = _origin(item.record, activity)
         for lab in item.labels:
             doc = label_doc(mid, chemsys, lab, item.record.source_id, origin)
             labels.setdefault(doc.id, doc)
-        if mid not in planner.new_docs or len(planner.new_docs[mid]["members"]) > 1:
+        if item.labels and (mid not in planner.new_docs or len(planner.new_docs[mid]["members"]) > 1):
             touched.add(mid)
         if progress and order % 500 == 0:
             progress("dedupe", order, total)
@@ -435,7 +458,7 @@ def _write(planner: _Planner, labels: dict[str, LabelDoc], activity: str, parame
     coll = StructureDoc._get_collection()
     for i in range(0, len(docs), 1000):
         _insert_ignoring_duplicates(coll, docs[i:i + 1000])
-    aliases = [{"_id": k, "material": m, "formula_pretty": f} for k, (m, f) in planner.new_aliases.items()]
+    aliases = [{"_id": k, "material": m, "formula_pretty": f, "chemsys": c} for k, (m, f, c) in planner.new_aliases.items()]
     for i in range(0, len(aliases), 2000):
         _insert_ignoring_duplicates(AliasDoc._get_collection(), aliases[i:i + 2000])
     now = utcnow()

@@ -8,6 +8,7 @@ spread it over worker processes.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import re
@@ -74,6 +75,11 @@ class RawRecord:
     labels: list[RawLabel] = field(default_factory=list)
     experimental: bool = False
     restore: dict | None = None  # a structure document exported by qadb, restored as it was
+
+    def text_key(self) -> str:
+        """Alias key of the exact input text, so seeing it again needs no parsing."""
+        text = self.payload if isinstance(self.payload, str) else json.dumps(self.payload, sort_keys=True)
+        return "t:" + hashlib.sha256(f"{self.fmt}\n{text}".encode()).hexdigest()[:40]
 
 
 def parse(record: RawRecord) -> Structure:

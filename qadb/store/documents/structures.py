@@ -64,7 +64,8 @@ class StructureDoc(me.Document):
 
 
 class AliasDoc(me.Document):
-    """A scalar key that leads to a material: ``h:<struct_hash>`` or ``s:<source id>``.
+    """A scalar key that leads to a material: ``h:<struct_hash>``, ``s:<source id>`` or
+    ``t:<hash of the record's text>`` (the last lets a re-ingest skip parsing text it has seen).
 
     Kept apart from `StructureDoc` because a key stored in an array (members, source_ids) cannot
     be looked up by an equality index in every engine (the embedded one scans arrays); a primary
@@ -74,5 +75,6 @@ class AliasDoc(me.Document):
     id = me.StringField(primary_key=True)
     material = me.StringField(required=True)
     formula_pretty = me.StringField(required=True)
+    chemsys = me.StringField()
 
     meta = {"collection": "aliases", "strict": True, "indexes": ["material"]}
