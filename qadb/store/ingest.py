@@ -124,9 +124,17 @@ class _Candidate:
     id: str
     spacegroup: int | None
     volume_per_atom: float
-    structure: Structure
+    data: dict
     rank: tuple
     source_ids: set[str]
+    _structure: Structure | None = None
+
+    @property
+    def structure(self) -> Structure:
+        """Built only when a same-formula, same-symmetry record needs matching against it."""
+        if self._structure is None:
+            self._structure = Structure.from_dict(self.data)
+        return self._structure
 
 
 def _rank(experimental: bool, energy: float | None, order: int) -> tuple:
@@ -195,7 +203,7 @@ class _Planner:
             )
             for i, doc in enumerate(cursor):
                 cands.append(_Candidate(
-                    doc["_id"], doc.get("spacegroup"), doc["volume_per_atom"], Structure.from_dict(doc["structure"]),
+                    doc["_id"], doc.get("spacegroup"), doc["volume_per_atom"], doc["structure"],
                     _rank(doc.get("experimental", False), None, -1 - i), set(doc.get("source_ids", [])),
                 ))
             self.by_formula[formula] = cands
@@ -228,11 +236,12 @@ class _Planner:
                 self.report.merged += 1
                 self._merge(mid, item, member, order)
                 return mid
-        structure = Structure.from_dict(ident.structure)
+        structure = None
         flags = set()
         for cand in sorted(self._candidates(ident.formula_pretty), key=lambda c: c.spacegroup != ident.spacegroup):
             if cand.spacegroup != ident.spacegroup:
                 break  # Algorithm 3 clusters by symmetry: other space groups are other entries
+            structure = structure or Structure.from_dict(ident.structure)
             if not _MATCHER.fit(structure, cand.structure):
                 continue
             if _lattice_mismatch(ident.volume_per_atom, cand.volume_per_atom) > LATTICE_TOL:
@@ -242,10 +251,10 @@ class _Planner:
             self._merge(cand.id, item, member, order, structure=structure, candidate=cand)
             return cand.id
         mid = ident.material_id
-        self._new(mid, item, order, member, flags=flags, structure=structure)
+        self._new(mid, item, order, member, flags=flags)
         return mid
 
-    def _new(self, mid: str, item: Analysed, order: int, member: Member, *, flags=(), structure=None, restore=None) -> None:
+    def _new(self, mid: str, item: Analysed, order: int, member: Member, *, flags=(), restore=None) -> None:
         ident, rec = item.identity, item.record
         fields = dict(
             id=mid, structure=ident.structure, formula=ident.formula, formula_pretty=ident.formula_pretty,
@@ -263,7 +272,7 @@ class _Planner:
             self.report.flagged += 1
         self._remember(mid, ident, rec)
         self._candidates(ident.formula_pretty).append(_Candidate(
-            mid, ident.spacegroup, ident.volume_per_atom, structure or Structure.from_dict(ident.structure),
+            mid, ident.spacegroup, ident.volume_per_atom, ident.structure,
             _rank(rec.experimental, _energy(item.labels), order), {rec.source_id} if rec.source_id else set(),
         ))
 
@@ -288,7 +297,7 @@ class _Planner:
             if better:
                 upd["rep"] = _representative(ident, rec.experimental)
         if better:
-            candidate.rank, candidate.structure = rank, structure
+            candidate.rank, candidate.data, candidate._structure = rank, ident.structure, structure
 
 
 def _representative(ident: Identity, experimental: bool) -> dict:
@@ -452,9 +461,13 @@ def _write(planner: _Planner, labels: dict[str, LabelDoc], activity: str, parame
     )
     docs = []
     for fields in planner.new_docs.values():
-        doc = StructureDoc(**fields)
+        # validate and convert everything but the (large, free-form) structure dict through the
+        # document class; mongoengine's recursive conversion of that dict costs more than the write
+        doc = StructureDoc(**{**fields, "structure": {"sites": []}})
         doc.validate()
-        docs.append(doc.to_mongo().to_dict())
+        raw = doc.to_mongo().to_dict()
+        raw["structure"] = fields["structure"]
+        docs.append(raw)
     coll = StructureDoc._get_collection()
     for i in range(0, len(docs), 1000):
         _insert_ignoring_duplicates(coll, docs[i:i + 1000])
