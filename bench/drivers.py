@@ -1,0 +1,115 @@
+"""Drivers benchmark: MLIP relaxation throughput and PySCF labelling times on CPU.
+
+    python bench/drivers.py [--quick] [--out FILE]
+
+Prints a markdown table and writes {"area": "drivers", "quick", "env", "metrics"} JSON
+(default bench/results/drivers.json). --quick (< 60 s on 2 idle cores): one CHGNet run per size, PySCF PBE on a
+Γ-point 2-atom cell. Full: CHGNet and SevenNet-0; PySCF PBE/r2SCAN/PBE0/HSE06 on 2-atom Si with
+the default kspacing (2x2x2), PBE and PBE0 on 4- and 8-atom Si, CCSD(T) at Γ on 2 and 8 atoms.
+Targets are this project's working goals, not published numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+warnings.filterwarnings("ignore")
+
+from ase.build import bulk  # noqa: E402
+from pymatgen.io.ase import AseAtomsAdaptor  # noqa: E402
+
+from qadb.drivers import PySCFSettings, RelaxSettings, kmesh_for, load_mlip, pyscf_label, relax  # noqa: E402
+from qadb.fidelity import slug  # noqa: E402
+
+# Working goals: screening ~500 candidates per campaign cycle on a workstation; DFT labels within minutes.
+RELAX_TARGET_PER_MIN = {8: 20.0, 16: 10.0}
+PYSCF_TARGET_S = {2: 60.0, 4: 300.0, 8: 900.0}
+
+
+def si_cell(natoms: int, seed: int = 0):
+    """Si cell with `natoms` (2 primitive, 4 = 2x1x1 primitive, 8 cubic, 16 = 2x1x1 cubic), rattled and squeezed 3 %."""
+    atoms = {2: bulk("Si"), 4: bulk("Si") * (2, 1, 1), 8: bulk("Si", cubic=True), 16: bulk("Si", cubic=True) * (2, 1, 1)}[natoms]
+    atoms.set_cell(atoms.cell * 0.97, scale_atoms=True)
+    atoms.rattle(0.05, seed=seed)
+    return AseAtomsAdaptor.get_structure(atoms)
+
+
+def relax_rate(model: str, natoms: int, n: int) -> float:
+    """Converged relaxations per minute (fmax 0.05 eV/Å, FIRE + FrechetCellFilter, 1 thread)."""
+    settings = RelaxSettings(model=model)
+    load_mlip(model)  # loading is a once-per-process cost, not part of the rate
+    relax(si_cell(natoms, seed=99), settings)  # warm-up (first-call compilation in SevenNet)
+    start = time.perf_counter()
+    for seed in range(n):
+        relax(si_cell(natoms, seed), settings)
+    return n / ((time.perf_counter() - start) / 60)
+
+
+def pyscf_time(level: str, natoms: int, settings: PySCFSettings) -> tuple[float, list[int]]:
+    structure = si_cell(natoms) if natoms != 2 else AseAtomsAdaptor.get_structure(bulk("Si"))
+    result = pyscf_label(structure, settings)
+    return result.wall_time_s, list(kmesh_for(structure, settings))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default="bench/results/drivers.json")
+    args = parser.parse_args()
+
+    metrics: dict[str, dict] = {}
+    notes: dict[str, str] = {}
+
+    def put(name: str, value: float, unit: str, target: float, direction: str, note: str) -> None:
+        metrics[name] = {"value": round(value, 3), "unit": unit, "target": target, "direction": direction}
+        notes[name] = note
+        print(f"  {name}: {value:.3f} {unit}  ({note})", file=sys.stderr, flush=True)
+
+    models = ["chgnet"] if args.quick else ["chgnet", "sevennet-0"]
+    for model in models:
+        for natoms in (8, 16):
+            name = f"mlip_relax_per_min_{natoms}atoms" + ("" if model == "chgnet" else f"_{slug(model)}")
+            n = 1 if args.quick else 5
+            put(name, relax_rate(model, natoms, n), "relaxations/min", RELAX_TARGET_PER_MIN[natoms], "max",
+                f"{load_mlip(model).fidelity}, Si{natoms} squeezed 3 % + rattled, {n} runs")
+
+    if args.quick:
+        plan = [("PBE", 2, PySCFSettings(level="PBE", kmesh=(1, 1, 1)))]
+    else:
+        plan = [(lvl, 2, PySCFSettings(level=lvl)) for lvl in ("PBE", "r2SCAN", "PBE0", "HSE06")]
+        plan += [(lvl, n, PySCFSettings(level=lvl)) for n in (4, 8) for lvl in ("PBE", "PBE0")]
+        plan += [("CCSD(T)", n, PySCFSettings(level="CCSD(T)", kmesh=(1, 1, 1))) for n in (2, 8)]
+    for level, natoms, settings in plan:
+        seconds, kmesh = pyscf_time(level, natoms, settings)
+        put(f"pyscf_{slug(level)}_{natoms}atom_s", seconds, "s", PYSCF_TARGET_S[natoms], "min",
+            f"Si{natoms} {settings.basis}/{settings.pseudo} {settings.density_fit} k={'x'.join(map(str, kmesh))}")
+
+    env = {"python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
+           "load_avg_1min_at_end": round(os.getloadavg()[0], 2), "threads": 1,
+           **{pkg: _version(pkg) for pkg in ("torch", "chgnet", "sevenn", "pyscf", "ase", "pymatgen")},
+           "notes": notes}
+    out = {"area": "drivers", "quick": args.quick, "env": env, "metrics": metrics}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    print("| metric | value | unit | target | direction | setup |\n|---|---|---|---|---|---|")
+    for name, m in metrics.items():
+        print(f"| {name} | {m['value']} | {m['unit']} | {m['target']} | {m['direction']} | {notes[name]} |")
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return importlib.metadata.version(pkg)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+if __name__ == "__main__":
+    main()
