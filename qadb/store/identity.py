@@ -33,6 +33,7 @@ class Identity:
     nsites: int
     spacegroup: int | None
     spacegroup_symbol: str | None
+    wyckoff: str
     volume: float
     volume_per_atom: float
     density: float
@@ -40,7 +41,8 @@ class Identity:
 
     @property
     def dedupe_key(self) -> str:
-        return f"{self.formula_pretty}|{self.spacegroup}"
+        """The symmetry cluster of Algorithm 3: formula, space group and occupied Wyckoff sites."""
+        return f"{self.formula_pretty}|{self.spacegroup}|{self.wyckoff}"
 
     @property
     def material_id(self) -> str:
@@ -79,13 +81,25 @@ def struct_hash(structure: Structure) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def symmetry(structure: Structure, symprec: float = SYMPREC) -> tuple[int | None, str | None]:
-    """(space-group number, international symbol) from spglib, or (None, None) if it finds none."""
+def symmetry(structure: Structure, symprec: float = SYMPREC) -> tuple[int | None, str | None, str]:
+    """(space-group number, international symbol, Wyckoff fingerprint) from spglib.
+
+    The fingerprint lists, per element, the Wyckoff letters of its symmetry-distinct sites with
+    multiplicities per primitive cell (e.g. ``Cl:a1,Na:b1``); two descriptions of one crystal share
+    it, so it narrows deduplication candidates without a StructureMatcher call.
+    """
     cell = (structure.lattice.matrix, structure.frac_coords, structure.atomic_numbers)
     data = spglib.get_symmetry_dataset(cell, symprec=symprec)
     if data is None:
-        return None, None
-    return int(data.number), str(data.international)
+        return None, None, ""
+    n_prim = len(set(data.mapping_to_primitive))
+    scale = len(structure) // n_prim if n_prim else 1
+    counts: dict[tuple[str, str], int] = {}
+    for i in set(int(x) for x in data.equivalent_atoms):
+        key = (structure[i].specie.symbol, data.wyckoffs[i])
+        counts[key] = counts.get(key, 0) + int(np.sum(data.equivalent_atoms == i))
+    finger = ",".join(f"{el}:{w}{n // scale}" for (el, w), n in sorted(counts.items()))
+    return int(data.number), str(data.international), finger
 
 
 _AMU_PER_A3_TO_G_PER_CM3 = 1.66053906660
@@ -102,7 +116,7 @@ def analyse(structure: Structure) -> Identity:
     check_structure(structure)
     comp = structure.composition
     elements = sorted(el.symbol for el in comp.elements)
-    sg, symbol = symmetry(structure)
+    sg, symbol, wyckoff = symmetry(structure)
     return Identity(
         structure=structure.as_dict(),
         formula=comp.formula,
@@ -112,6 +126,7 @@ def analyse(structure: Structure) -> Identity:
         nsites=len(structure),
         spacegroup=sg,
         spacegroup_symbol=symbol,
+        wyckoff=wyckoff,
         volume=float(structure.volume),
         volume_per_atom=float(structure.volume / len(structure)),
         density=density(structure),

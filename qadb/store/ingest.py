@@ -8,17 +8,19 @@ Every id is derived from content (structure hash, label inputs, ingest inputs), 
 ingest, or finishing one that crashed half-way, adds nothing twice.
 
 Deduplication follows seed 000 Algorithm 3: records are grouped by reduced formula and clustered
-by spglib space group at 0.1 Å; within a cluster a StructureMatcher fit confirms a duplicate,
-whose lattice is cross-checked (Δa/a > 5 % means "not the same entry": kept apart and flagged).
-The representative is chosen experimental first, then lowest formation energy, then first seen.
-Lookups go through indexes (member hashes, source ids, formula), so cost grows with the number of
-same-formula, same-symmetry candidates, not with the size of the store.
+by spglib symmetry at 0.1 Å (space group and occupied Wyckoff sites: the `dedupe_key`); within a
+cluster a StructureMatcher fit confirms a duplicate, whose lattice is cross-checked (Δa/a > 5 %
+means "not the same entry": kept apart and flagged; beyond 15 % no fit is attempted). The
+representative is chosen experimental first, then lowest formation energy, then first seen.
+Lookups go through primary keys and indexed equalities (aliases, `dedupe_key`), so cost grows with
+the size of a symmetry cluster, not with the size of the store.
 """
 
 from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -84,7 +86,9 @@ def _normalise_label(label: RawLabel) -> RawLabel:
 def _analyse_record(record: RawRecord) -> Analysed:
     try:
         structure = parse(record)
-        ident = analyse(structure)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pymatgen warns per noble-gas site about electronegativity
+            ident = analyse(structure)
         labels = [_normalise_label(lab) for lab in record.labels]
     except InputError as exc:
         msg = str(exc)
@@ -158,7 +162,7 @@ class _Planner:
     def __init__(self) -> None:
         self.aliases: dict[str, tuple[str, str, str | None]] = {}
         self.new_aliases: dict[str, tuple[str, str, str | None]] = {}
-        self.by_formula: dict[str, list[_Candidate]] = {}
+        self.by_key: dict[str, list[_Candidate]] = {}
         self.new_docs: dict[str, dict] = {}
         self.updates: dict[str, dict] = defaultdict(lambda: {"members": [], "source_ids": set(), "flags": set(), "rep": None})
         self.report = IngestReport()
@@ -194,11 +198,12 @@ class _Planner:
                 self.aliases[key] = (mid, ident.formula_pretty, ident.chemsys)
                 self.new_aliases[key] = (mid, ident.formula_pretty, ident.chemsys)
 
-    def _candidates(self, formula: str) -> list[_Candidate]:
-        if formula not in self.by_formula:
+    def _candidates(self, key: str) -> list[_Candidate]:
+        """Stored and in-batch materials of one symmetry cluster (an indexed equality lookup)."""
+        if key not in self.by_key:
             cands = []
             cursor = StructureDoc._get_collection().find(
-                {"formula_pretty": formula},
+                {"dedupe_key": key},
                 {"structure": 1, "spacegroup": 1, "volume_per_atom": 1, "experimental": 1, "source_ids": 1},
             )
             for i, doc in enumerate(cursor):
@@ -206,8 +211,8 @@ class _Planner:
                     doc["_id"], doc.get("spacegroup"), doc["volume_per_atom"], doc["structure"],
                     _rank(doc.get("experimental", False), None, -1 - i), set(doc.get("source_ids", [])),
                 ))
-            self.by_formula[formula] = cands
-        return self.by_formula[formula]
+            self.by_key[key] = cands
+        return self.by_key[key]
 
     # -- decisions ----------------------------------------------------------------------------
     def place(self, item: Analysed, order: int, activity: str) -> str:
@@ -238,9 +243,9 @@ class _Planner:
                 return mid
         structure = None
         flags = set()
-        for cand in sorted(self._candidates(ident.formula_pretty), key=lambda c: c.spacegroup != ident.spacegroup):
-            if cand.spacegroup != ident.spacegroup:
-                break  # Algorithm 3 clusters by symmetry: other space groups are other entries
+        for cand in self._candidates(ident.dedupe_key):
+            if _lattice_mismatch(ident.volume_per_atom, cand.volume_per_atom) > 3 * LATTICE_TOL:
+                continue  # too far apart to be one entry, or to be worth flagging
             structure = structure or Structure.from_dict(ident.structure)
             if not _MATCHER.fit(structure, cand.structure):
                 continue
@@ -271,7 +276,7 @@ class _Planner:
         if flags:
             self.report.flagged += 1
         self._remember(mid, ident, rec)
-        self._candidates(ident.formula_pretty).append(_Candidate(
+        self._candidates(ident.dedupe_key).append(_Candidate(
             mid, ident.spacegroup, ident.volume_per_atom, ident.structure,
             _rank(rec.experimental, _energy(item.labels), order), {rec.source_id} if rec.source_id else set(),
         ))
