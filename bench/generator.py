@@ -1,0 +1,278 @@
+"""Benchmark of the crystal diffusion generator (issue #5): CDVAE/DiffCSP metric set on held-out MP-20 test.
+
+Two sources of samples:
+* ``--npz`` files written by ``qadb.models.generator.gpu_eval`` on the GPU machine (keys csp_*, gen_*, cfgc0_*,
+  cfgc1_*, meta_json with timings); this is how the full-test numbers are made;
+* ``--cpu-sample N``: sample N structures here on the CPU from the checkpoint (times ``sample_100_cpu_s``).
+
+    python bench/generator.py --data .gen_scratch/gen_data.pt --npz-csp EVAL_CSP.npz --npz-gen EVAL_GEN.npz \
+        [--quick] [--cpu-sample 100 --cpu-steps 100] --out bench/results/generator.json
+
+``--quick`` evaluates the first 500 test structures for CSP and 200 generated structures. Metrics that cannot be
+computed here are written as null with a reason (COV-R/COV-P need matminer; csp_match_rate_20 needs 20 samples
+per composition; cfg_shift_mled needs M_LED).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import sys
+import time
+import warnings
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+warnings.filterwarnings("ignore")
+
+from qadb.models.generator.api import to_structures  # noqa: E402
+
+SM_KW = dict(stol=0.5, angle_tol=10, ltol=0.3)
+MAX_OX_COMBOS = 20000  # cap on oxidation-state combinations tried per composition (CDVAE tries all)
+
+
+def _structs(d, prefix, n=None):
+    na = torch.as_tensor(d[f"{prefix}_num_atoms"].astype(np.int64))
+    if n is not None:
+        na = na[:n]
+    k = int(na.sum())
+    return to_structures(torch.as_tensor(d[f"{prefix}_z"][:k].astype(np.int64)), torch.as_tensor(d[f"{prefix}_frac"][:k]),
+                         torch.as_tensor(d[f"{prefix}_lattice"][: len(na)]), na)
+
+
+def split_structs(t, n=None):
+    na = t["num_atoms"].long()
+    if n is not None:
+        na = na[:n]
+    k = int(na.sum())
+    return to_structures(t["types"][:k].long(), t["frac"][:k], t["lattice"][: len(na)], na)
+
+
+def struct_valid(s, cutoff=0.5) -> bool:
+    if not math.isfinite(s.volume) or s.volume < 0.1:
+        return False
+    if len(s) == 1:
+        return True
+    dm = s.distance_matrix
+    dm = dm + np.eye(len(s)) * 1e6
+    return bool(dm.min() >= cutoff)
+
+
+def smact_valid(comp) -> bool:
+    """CDVAE's compositional validity: charge neutrality with SMACT oxidation states + Pauling electronegativity
+    test; single elements and all-metal alloys count as valid (CDVAE's include_alloys=True)."""
+    import smact
+    from smact.screening import pauling_test
+
+    elem_counts = comp.get_el_amt_dict()
+    els = list(elem_counts)
+    counts = [int(round(v)) for v in elem_counts.values()]
+    if len(els) == 1:
+        return True
+    g = math.gcd(*counts)
+    counts = [c // g for c in counts]
+    space = smact.element_dictionary(tuple(els))
+    smact_elems = [space[e] for e in els]
+    if all(e.symbol in smact.metals for e in smact_elems):
+        return True
+    enegs = [e.pauling_eneg for e in smact_elems]
+    ox_combos = [e.oxidation_states or [] for e in smact_elems]
+    if not all(ox_combos):
+        return False
+    threshold = max(counts)
+    for ox_states in itertools.islice(itertools.product(*ox_combos), MAX_OX_COMBOS):
+        cn_e = smact.neutral_ratios(ox_states, stoichs=[(c,) for c in counts], threshold=threshold)
+        if cn_e:
+            try:
+                if pauling_test(ox_states, enegs):
+                    return True
+            except TypeError:
+                continue
+    return False
+
+
+def _match_one(args):
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    pred, gt = args
+    if pred is None or not struct_valid(pred):
+        return None
+    try:
+        r = StructureMatcher(**SM_KW).get_rms_dist(pred, gt)
+    except Exception:  # noqa: BLE001
+        return None
+    return None if r is None else float(r[0])
+
+
+def csp_metrics(preds, gts, workers=2):
+    with ProcessPoolExecutor(workers) as ex:
+        rms = list(ex.map(_match_one, zip(preds, gts), chunksize=32))
+    m = [r for r in rms if r is not None]
+    return {"csp_match_rate_1": round(100 * len(m) / len(gts), 2), "csp_rmse_1": round(float(np.mean(m)), 4)
+            if m else None, "csp_n": len(gts)}
+
+
+def compactness(s, radii):
+    zs = np.array([sp.Z for sp in s.species])
+    return float(4 / 3 * math.pi * np.sum(radii[zs - 1] ** 3) / s.volume)
+
+
+def _novel_one(args):
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    s, refs = args
+    sm = StructureMatcher(**SM_KW)
+    return not any(sm.fit(s, r) for r in refs)
+
+
+def gen_metrics(gens, test_structs, train_by_formula, radii, workers=2):
+    sv = [struct_valid(s) for s in gens]
+    cv = [smact_valid(s.composition) for s in gens]
+    valid = [s for s, a, b in zip(gens, sv, cv) if a and b]
+    out = {"n_gen": len(gens), "struct_validity": round(100 * np.mean(sv), 2),
+           "comp_validity": round(100 * np.mean(cv), 2), "validity_both": round(100 * len(valid) / len(gens), 2)}
+    from scipy.stats import wasserstein_distance
+
+    dens_g = [s.density for s, a in zip(gens, sv) if a]
+    dens_t = [s.density for s in test_structs]
+    out["wdist_density"] = round(float(wasserstein_distance(dens_g, dens_t)), 4)
+    out["wdist_nelem"] = round(float(wasserstein_distance([len(s.composition) for s in gens],
+                                                          [len(s.composition) for s in test_structs])), 4)
+    # uniqueness among all generated; novelty of the unique ones vs the training pool
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    sm = StructureMatcher(**SM_KW)
+    by_f = defaultdict(list)
+    for s in gens:
+        by_f[s.composition.reduced_formula].append(s)
+    uniq = []
+    for f, group in by_f.items():
+        reps = []
+        for s in group:
+            if not any(sm.fit(s, r) for r in reps):
+                reps.append(s)
+        uniq += reps
+    out["uniqueness"] = round(100 * len(uniq) / len(gens), 2)
+    with ProcessPoolExecutor(workers) as ex:
+        nov = list(ex.map(_novel_one, [(s, train_by_formula.get(s.composition.reduced_formula, [])) for s in gens],
+                          chunksize=16))
+    out["novelty"] = round(100 * float(np.mean(nov)), 2)
+    c = [compactness(s, radii) for s, a in zip(gens, sv) if a]
+    out["compactness_mean"] = round(float(np.mean(c)), 4)
+    out["compactness_in_0.55_0.85"] = round(100 * float(np.mean([(0.55 <= x <= 0.85) for x in c])), 2)
+    out["cov_r"] = out["cov_p"] = None
+    out["cov_note"] = "not computed: needs matminer (CrystalNN + Magpie fingerprints), not installed here"
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=".gen_scratch/gen_data.pt")
+    ap.add_argument("--npz-csp")
+    ap.add_argument("--npz-gen")
+    ap.add_argument("--ablation", nargs="*", default=[], help="NAME=npz pairs (csp_ + gen_ keys) to compare")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--cpu-sample", type=int, default=0)
+    ap.add_argument("--cpu-steps", type=int, default=100)
+    ap.add_argument("--ckpt", default=str(ROOT / "qadb/data/checkpoints/generator_default.pt"))
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--out", default=str(ROOT / "bench/results/generator.json"))
+    ap.add_argument("--update", action="store_true", help="merge into an existing --out JSON")
+    a = ap.parse_args(argv)
+    t0 = time.time()
+    blob = torch.load(a.data, map_location="cpu", weights_only=True)
+    radii = blob["test"]["radii"].numpy()
+    n_csp = 500 if a.quick else None
+    n_gen = 200 if a.quick else None
+    res = {"quick": a.quick, "split": "MP-20 test (held out)", "csp_match_rate_20": None,
+           "csp_match_rate_20_note": "not measured (1 sample per test composition only)", "cfg_shift_mled": None,
+           "cfg_shift_mled_note": "M_LED column not yet available (qadb.chem); no M_LED-conditioned model"}
+    if not (a.npz_csp or a.npz_gen or a.ablation):
+        test_all, train_by_formula = [], {}
+    else:
+        test_all = split_structs(blob["test"])
+        train_structs = split_structs(blob["train"])
+        train_by_formula = defaultdict(list)
+        for s in train_structs:
+            train_by_formula[s.composition.reduced_formula].append(s)
+        print(f"loaded {len(test_all)} test, {len(train_structs)} train in {time.time() - t0:.0f}s", flush=True)
+    if a.npz_csp:
+        d = np.load(a.npz_csp)
+        preds = _structs(d, "csp", n_csp)
+        res.update(csp_metrics(preds, test_all[: len(preds)], a.workers))
+        res["csp_meta"] = json.loads(str(d["meta_json"]))
+        print("csp", {k: res[k] for k in ("csp_match_rate_1", "csp_rmse_1", "csp_n")}, flush=True)
+    if a.npz_gen:
+        d = np.load(a.npz_gen)
+        meta = json.loads(str(d["meta_json"]))
+        res["gen_meta"] = meta
+        gens = _structs(d, "gen", n_gen)
+        res.update(gen_metrics(gens, test_all, train_by_formula, radii, a.workers))
+        if d["gen_num_atoms"].shape[0] >= 1000 and meta["steps"] >= 1000:
+            res["sample_1000_gpu_s"] = meta["timing"]["gen_s"]
+        if "cfgc0_z" in d:
+            lo, hi = meta["cfg_targets"]
+            cs = []
+            for tag in ("cfgc0", "cfgc1"):
+                ss = [s for s in _structs(d, tag, n_gen) if struct_valid(s)]
+                cs.append(float(np.mean([compactness(s, radii) for s in ss])))
+            res["cfg_c_targets"] = [lo, hi]
+            res["cfg_c_means"] = [round(c, 4) for c in cs]
+            res["cfg_shift_c"] = round((cs[1] - cs[0]) / (hi - lo), 4)
+        print("gen", {k: v for k, v in res.items() if k in ("struct_validity", "comp_validity", "uniqueness",
+                                                            "novelty", "wdist_density", "wdist_nelem",
+                                                            "cfg_shift_c", "cfg_c_means")}, flush=True)
+    abl = {}
+    for pair in a.ablation:
+        name, path = pair.split("=", 1)
+        d = np.load(path)
+        preds = _structs(d, "csp", n_csp)
+        r = csp_metrics(preds, test_all[: len(preds)], a.workers)
+        gens = _structs(d, "gen", n_gen)
+        sv = [struct_valid(s) for s in gens]
+        c = [compactness(s, radii) for s, v in zip(gens, sv) if v]
+        r.update(struct_validity=round(100 * np.mean(sv), 2),
+                 comp_validity=round(100 * np.mean([smact_valid(s.composition) for s in gens]), 2),
+                 compactness_mean=round(float(np.mean(c)), 4),
+                 compactness_in_window=round(100 * float(np.mean([(0.55 <= x <= 0.85) for x in c])), 2),
+                 n_gen=len(gens), ckpt_meta_step=json.loads(str(d["meta_json"]))["ckpt_meta"].get("step"))
+        abl[name] = r
+        print("ablation", name, r, flush=True)
+    if abl:
+        res["ablation_compactness_loss"] = abl
+    if a.cpu_sample:
+        from qadb.models.generator import load_checkpoint, sample
+
+        torch.set_num_threads(2)
+        g = load_checkpoint(a.ckpt)
+        t1 = time.time()
+        sample(g, n=a.cpu_sample, mode="gen", steps=a.cpu_steps, seed=0, corrector=True)
+        dt = time.time() - t1
+        res[f"sample_{a.cpu_sample}_cpu_s"] = round(dt, 1)
+        res["cpu_sample_steps"] = a.cpu_steps
+        res["cpu_note"] = "2 torch threads on a shared 2-core machine (load average ~10 during the run)"
+        print("cpu sampling", dt, flush=True)
+    res["bench_wall_s"] = round(time.time() - t0, 1)
+    out = Path(a.out)
+    if a.update and out.exists():
+        old = json.loads(out.read_text())
+        old.update({k: v for k, v in res.items() if v is not None or k not in old})
+        res = old
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1))
+    md = ["| metric | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in res.items()
+                                                if not isinstance(v, (dict, list))]
+    out.with_suffix(".md").write_text("\n".join(md) + "\n")
+    print(json.dumps({k: v for k, v in res.items() if not isinstance(v, dict)}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

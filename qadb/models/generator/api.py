@@ -1,0 +1,132 @@
+"""Python API of the crystal generator that the CLI wraps (CPU side: returns pymatgen Structures).
+
+    from qadb.models.generator import sample, train, load_checkpoint
+    structs = sample("qadb/data/checkpoints/generator_default.pt", n=10, mode="csp", composition="LiFePO4")
+    structs = sample(ckpt, n=100, mode="gen", conditions={"C": 0.6}, guidance={"C": 1.0}, chemsys="Li-Fe-O")
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from qadb.errors import InputError
+from qadb.models.generator.checkpoint import LoadedGenerator, load_checkpoint
+from qadb.models.generator.conditions import N_TYPES, canonical
+from qadb.models.generator.sampler import sample_tensors
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "data" / "checkpoints" / "generator_default.pt"
+
+
+def _composition_types(composition) -> list[int]:
+    """Atomic numbers of one cell for a composition (formula string, dict or pymatgen Composition)."""
+    from pymatgen.core import Composition
+
+    try:
+        comp = Composition(composition)
+    except Exception as e:  # noqa: BLE001
+        raise InputError(f"cannot parse composition {composition!r}: {e}") from None
+    zs = []
+    for el, amt in comp.items():
+        if abs(amt - round(amt)) > 1e-6:
+            raise InputError(f"composition {composition!r} needs integer site counts")
+        zs += [el.Z] * int(round(amt))
+    if not zs or max(zs) > N_TYPES:
+        raise InputError(f"composition {composition!r} has no sites or an element beyond Z={N_TYPES}")
+    return zs
+
+
+def _chemsys_vector(chemsys) -> torch.Tensor:
+    from pymatgen.core import Element
+
+    els = chemsys.split("-") if isinstance(chemsys, str) else list(chemsys)
+    v = torch.zeros(N_TYPES)
+    for e in els:
+        try:
+            v[Element(str(e).strip()).Z - 1] = 1.0
+        except Exception:  # noqa: BLE001
+            raise InputError(f"unknown element {e!r} in chemical system {chemsys!r}") from None
+    return v
+
+
+def to_structures(z, frac, lattice_rows, num_atoms) -> list:
+    from pymatgen.core import Lattice, Structure
+
+    out, k = [], 0
+    for i, n in enumerate(num_atoms.tolist()):
+        out.append(Structure(Lattice(lattice_rows[i].double().numpy()), z[k:k + n].tolist(),
+                             frac[k:k + n].double().numpy(), coords_are_cartesian=False))
+        k += n
+    return out
+
+
+def sample(checkpoint=None, n: int = 1, mode: str = "gen", composition=None, chemsys=None,
+           conditions: dict | None = None, guidance: dict | None = None, steps: int | None = None, seed: int = 0,
+           device: str = "cpu", num_atoms: int | list | None = None, step_lr: float = 1e-5,
+           corrector: bool = True, batch_size: int = 1000, return_tensors: bool = False):
+    """Sample ``n`` crystals and return pymatgen Structures.
+
+    mode ``"csp"``: structure prediction for ``composition`` (one cell: "Li2O" means 3 sites; give "Li4O2" for
+    two formula units). mode ``"gen"``: ab initio; the number of atoms is drawn from the training distribution
+    (or ``num_atoms``), atom types are generated; ``chemsys`` ("Li-Fe-O") restricts and guides the elements.
+    ``conditions``: {name: raw value} for names in ``conditions.PROPS`` or aliases (C, M_LED, E_hull, gap, K);
+    ``guidance``: {name: g} classifier-free guidance strength per property (default 1.0 where a condition is
+    given; g = 0 is the plain conditional model). ``steps``: reverse steps (default: the checkpoint's T).
+    """
+    gen = checkpoint if isinstance(checkpoint, LoadedGenerator) else load_checkpoint(checkpoint or DEFAULT_CHECKPOINT)
+    if mode not in ("csp", "gen"):
+        raise InputError(f"mode must be 'csp' or 'gen', not {mode!r}")
+    rng = torch.Generator().manual_seed(int(seed))
+    if mode == "csp":
+        if composition is None:
+            raise InputError("mode 'csp' needs a composition")
+        zs = _composition_types(composition)
+        na = torch.full((n,), len(zs), dtype=torch.long)
+        types = torch.tensor(zs * n, dtype=torch.long)
+        cs = None
+    else:
+        types = None
+        if num_atoms is not None:
+            na = torch.as_tensor(num_atoms, dtype=torch.long).expand(n).clone()
+        else:
+            hist = gen.num_atoms_hist.float()
+            na = torch.multinomial(hist / hist.sum(), n, replacement=True, generator=rng)
+        cs = _chemsys_vector(chemsys)[None].repeat(n, 1) if chemsys else None
+    props, g = {}, {}
+    for k, v in (conditions or {}).items():
+        name = canonical(k)
+        mean, scale = gen.prop_norm.get(name, (0.0, 1.0))
+        props[name] = (float(v) - mean) / scale
+        g[name] = float((guidance or {}).get(k, (guidance or {}).get(name, 1.0)))
+    zs_all, fr_all, la_all, na_all = [], [], [], []
+    for i in range(0, n, batch_size):
+        sl = slice(i, min(n, i + batch_size))
+        na_b = na[sl]
+        ty_b = None
+        if types is not None:
+            ty_b = torch.tensor(zs * len(na_b), dtype=torch.long)
+        z, f, lat = sample_tensors(gen.model, gen.schedules, na_b, ty_b, props=props, guidance=g,
+                                   chemsys=None if cs is None else cs[sl],
+                                   chemsys_guidance=float((guidance or {}).get("chemsys", 1.0)), steps=steps,
+                                   step_lr=step_lr, corrector=corrector, seed=seed + i, device=device)
+        zs_all.append(z), fr_all.append(f), la_all.append(lat), na_all.append(na_b)
+    z, f, lat, nat = torch.cat(zs_all), torch.cat(fr_all), torch.cat(la_all), torch.cat(na_all)
+    if return_tensors:
+        return z, f, lat, nat
+    return to_structures(z, f, lat, nat)
+
+
+def train(data, state="qadb/data/checkpoints/generator_train_state.pt",
+          checkpoint="qadb/data/checkpoints/generator_default.pt", log="train_logs/generator.jsonl",
+          minutes: float = 8.0, seed: int = 0, device=None, **overrides) -> dict:
+    """Train or resume (see `qadb.models.generator.train`); returns the run record appended to ``log``."""
+    from qadb.models.generator.train import train as _train
+
+    return _train(data=str(data), state=str(state), ckpt=str(checkpoint), log=str(log), minutes=minutes, seed=seed,
+                  device=device, **overrides)
+
+
+def volume_ok(structure) -> bool:
+    return math.isfinite(structure.volume) and structure.volume > 0.1

@@ -1,0 +1,341 @@
+"""Training of the crystal diffusion generator (torch/numpy only: runs on the GPU machine from the source tree).
+
+Resumable: each call loads the train-state file if present (model, EMA, optimiser, step, RNG), trains for a
+wall-clock budget, saves the state (one file, overwritten), writes the inference checkpoint (EMA weights +
+config) and appends one JSON line (config, data hash, seed, steps, losses, device, wall time) to a log file.
+
+    PYTHONPATH=. python -m qadb.models.generator.train --data .gen_scratch/gen_data.pt \
+        --state $OUT/generator_train_state.pt --ckpt $OUT/generator_default.pt --log $OUT/generator.jsonl \
+        --minutes 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from qadb.models.generator.checkpoint import STATE_KIND, FORMAT_VERSION, make_checkpoint, read_raw
+from qadb.models.generator.conditions import N_TYPES, PROP_NORM, PROPS
+from qadb.models.generator.diffusion import Schedules, wrapped_normal_score
+from qadb.models.generator.network import CrystalDenoiser
+
+DEFAULTS = dict(hidden=256, layers=6, n_freq=16, T=1000, sigma_min=0.005, sigma_max=0.5, batch_size=256, lr=1e-3,
+                warmup=500, weight_decay=0.0, ema=0.999, grad_clip=1.0, gen_frac=0.5, p_drop=0.3, p_uncond=0.1,
+                p_chemsys=0.5, w_lattice=1.0, w_coord=1.0, w_type=20.0, lambda_c=0.0, val_frac=0.02)
+
+
+# ----------------------------------------------------------------------------------------------- data
+class CrystalData:
+    """All crystals of one split on one device, with fast batch gathering."""
+
+    def __init__(self, d: dict, device):
+        self.num_atoms = d["num_atoms"].long().to(device)
+        self.ptr = torch.cumsum(self.num_atoms, 0) - self.num_atoms
+        self.types = d["types"].long().to(device)
+        self.frac = d["frac"].float().to(device)
+        self.lattice = d["lattice"].float().to(device)  # rows = lattice vectors (pymatgen)
+        raw = d["props"].float()
+        norm = torch.tensor([PROP_NORM[k] for k in PROPS], dtype=torch.float32)
+        self.props_raw = raw.to(device)
+        self.props = ((raw - norm[:, 0]) / norm[:, 1]).to(device)  # NaN where missing
+        self.n = len(self.num_atoms)
+
+    def batch(self, idx: torch.Tensor) -> dict:
+        na = self.num_atoms[idx]
+        tot = int(na.sum())
+        start = torch.repeat_interleave(self.ptr[idx], na, output_size=tot)
+        local = torch.arange(tot, device=idx.device) - torch.repeat_interleave(torch.cumsum(na, 0) - na, na,
+                                                                               output_size=tot)
+        a = start + local
+        return dict(num_atoms=na, types=self.types[a], frac=self.frac[a], lattice=self.lattice[idx],
+                    props=self.props[idx], props_raw=self.props_raw[idx])
+
+
+# ----------------------------------------------------------------------------------------------- loss
+def diffusion_loss(model, sched: Schedules, b: dict, cfg: dict, radii: torch.Tensor | None = None,
+                   t_int: torch.Tensor | None = None, mode: torch.Tensor | None = None):
+    """Joint loss (lattice eps-MSE, wrapped-normal score matching, type eps-MSE, optional compactness Eq. 3)."""
+    dev = b["frac"].device
+    na = b["num_atoms"]
+    B, Na = len(na), b["frac"].shape[0]
+    crystal = torch.repeat_interleave(torch.arange(B, device=dev), na, output_size=Na)
+    if t_int is None:
+        t_int = torch.randint(1, sched.T + 1, (B,), device=dev)
+    if mode is None:
+        mode = (torch.rand(B, device=dev) < cfg["gen_frac"]).long()
+    ab = sched.abar[t_int]
+    scale = na.float().pow(1 / 3)
+    L0 = b["lattice"].transpose(1, 2) / scale[:, None, None]
+    eps_l = torch.randn_like(L0)
+    Lt = ab.sqrt()[:, None, None] * L0 + (1 - ab).sqrt()[:, None, None] * eps_l
+    sig = sched.sigmas[t_int][crystal][:, None]
+    eps_f = torch.randn_like(b["frac"])
+    Ft = (b["frac"] + sig * eps_f) % 1.0
+    tgt_f = wrapped_normal_score(sig * eps_f, sig) / sched.sigma_norm[t_int][crystal].sqrt()[:, None]
+    A0 = F.one_hot(b["types"] - 1, N_TYPES).float()
+    eps_a = torch.randn_like(A0)
+    ab_a = ab[crystal][:, None]
+    At = ab_a.sqrt() * A0 + (1 - ab_a).sqrt() * eps_a
+    gen_atom = mode[crystal].bool()
+    A_in = torch.where(gen_atom[:, None], At, A0)
+    # conditions: per-sample, per-property dropout (+ all dropped together), missing values always masked
+    avail = ~torch.isnan(b["props"])
+    keep = torch.rand_like(b["props"]) > cfg["p_drop"]
+    uncond = torch.rand(B, device=dev) < cfg["p_uncond"]
+    pmask = avail & keep & ~uncond[:, None]
+    pvals = torch.nan_to_num(b["props"], nan=0.0)
+    chemsys = torch.zeros(B, N_TYPES, device=dev).index_put_((crystal, b["types"] - 1),
+                                                             torch.ones(Na, device=dev))
+    cmask = (torch.rand(B, device=dev) > cfg["p_chemsys"]) & ~uncond
+    eps_l_hat, s_hat, eps_a_hat = model(A_in, Ft, Lt, na, t_int.float() / sched.T, pvals, pmask, chemsys, cmask,
+                                        mode)
+    l_lat = F.mse_loss(eps_l_hat, eps_l)
+    l_coord = F.mse_loss(s_hat, tgt_f)
+    per_atom = ((eps_a_hat - eps_a) ** 2).mean(-1)
+    n_gen = gen_atom.float().sum()
+    l_type = (per_atom * gen_atom.float()).sum() / n_gen.clamp(min=1)
+    loss = cfg["w_lattice"] * l_lat + cfg["w_coord"] * l_coord + cfg["w_type"] * l_type
+    out = {"lattice": l_lat.detach(), "coord": l_coord.detach(), "type": l_type.detach()}
+    if cfg.get("lambda_c", 0.0) > 0 and radii is not None:
+        # PIGEN Eq. 3: lambda_C |C(A_t, F_t, L_t) - C_0|^2, C from the predicted clean lattice (and, in ab initio
+        # mode, arg-max predicted types, not differentiable, as PIGEN); weighted by abar_t to tame t -> T.
+        L0_hat = (Lt - (1 - ab).sqrt()[:, None, None] * eps_l_hat) / ab.sqrt()[:, None, None]
+        vol = torch.linalg.det(L0_hat).abs() * na.float()
+        A0_hat = (At - (1 - ab_a).sqrt() * eps_a_hat) / ab_a.sqrt()
+        z_pred = torch.where(gen_atom, A0_hat.argmax(-1), b["types"] - 1)
+        r3 = radii.to(dev)[z_pred] ** 3
+        atom_vol = torch.zeros(B, device=dev).index_add_(0, crystal, r3) * (4.0 / 3.0 * math.pi)
+        c_hat = (atom_vol / vol.clamp(min=1e-3)).clamp(max=3.0)
+        c0 = b["props_raw"][:, PROPS.index("compactness")]
+        l_c = (ab * (c_hat - c0) ** 2).mean()
+        loss = loss + cfg["lambda_c"] * l_c
+        out["compactness"] = l_c.detach()
+    out["total"] = loss.detach()
+    return loss, out
+
+
+# ----------------------------------------------------------------------------------------------- state
+def _bf16(sd):
+    return {k: (v.to(torch.bfloat16) if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in sd.items()}
+
+
+def opt_state_compact(opt):
+    sd = opt.state_dict()
+    return {"state": {str(k): _bf16(v) for k, v in sd["state"].items()}, "param_groups_json": json.dumps(
+        sd["param_groups"])}
+
+
+def opt_state_restore(opt, comp):
+    state = {int(k): {kk: (vv.float() if torch.is_tensor(vv) and vv.dtype == torch.bfloat16 else vv)
+                      for kk, vv in v.items()} for k, v in comp["state"].items()}
+    opt.load_state_dict({"state": state, "param_groups": json.loads(comp["param_groups_json"])})
+
+
+def num_atoms_hist(num_atoms: torch.Tensor, max_atoms: int = 20) -> torch.Tensor:
+    return torch.bincount(num_atoms.long().cpu(), minlength=max_atoms + 1)[: max_atoms + 1].float()
+
+
+# ----------------------------------------------------------------------------------------------- loop
+def train(data: str, state: str, ckpt: str | None = None, log: str | None = None, minutes: float = 8.0,
+          max_steps: int = 0, seed: int = 0, device: str | None = None, run_name: str = "",
+          ckpt_dtype: str = "float32", **overrides) -> dict:
+    """Train (or resume) and return the run record that is also appended to ``log``."""
+    t_start = time.time()
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    blob = torch.load(data, map_location="cpu", weights_only=True)
+    meta = json.loads(blob["meta_json"])
+    cfg = dict(DEFAULTS)
+    resumed = None
+    if Path(state).is_file():
+        resumed = read_raw(state, STATE_KIND)
+        cfg.update(json.loads(resumed["config_json"]))
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    torch.manual_seed(seed)
+    tr_all = blob["train"]
+    n = len(tr_all["num_atoms"])
+    # fixed validation subset (for a loss curve only; the MP-20 test set is never used here)
+    g = torch.Generator().manual_seed(1234)
+    perm = torch.randperm(n, generator=g)
+    n_val = max(1, int(cfg["val_frac"] * n))
+    val_idx, tr_idx = perm[:n_val].to(dev), perm[n_val:].to(dev)
+    data_all = CrystalData(tr_all, dev)
+    radii = tr_all["radii"].float().to(dev)
+    mcfg = dict(hidden=cfg["hidden"], layers=cfg["layers"], n_freq=cfg["n_freq"])
+    dcfg = dict(T=cfg["T"], sigma_min=cfg["sigma_min"], sigma_max=cfg["sigma_max"])
+    model = CrystalDenoiser(**mcfg).to(dev)
+    sched = Schedules(**dcfg).to(dev)
+    ema = copy.deepcopy(model).eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    step = 0
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        ema.load_state_dict(resumed["ema"])
+        opt_state_restore(opt, resumed["opt"])
+        step = int(resumed["step"])
+        torch.set_rng_state(resumed["rng_cpu"])
+        if dev.type == "cuda" and "rng_cuda" in resumed:
+            try:
+                torch.cuda.set_rng_state(resumed["rng_cuda"])
+            except Exception:  # noqa: BLE001
+                torch.cuda.manual_seed(seed + step)
+    else:
+        torch.manual_seed(seed)
+    for gparam in opt.param_groups:
+        gparam["lr"] = cfg["lr"]
+    step0 = step
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"device={dev} params={n_params} train={len(tr_idx)} val={n_val} resume_step={step} cfg={cfg}", flush=True)
+
+    def save_state():
+        st = {"kind": STATE_KIND, "format_version": FORMAT_VERSION, "config_json": json.dumps(cfg),
+              "model": {k: v.cpu() for k, v in model.state_dict().items()},
+              "ema": {k: v.cpu() for k, v in ema.state_dict().items()}, "opt": opt_state_compact(opt),
+              "step": step, "rng_cpu": torch.get_rng_state(), "data_hash": meta["train_hash"],
+              "radii": radii.cpu(), "num_atoms_hist": num_atoms_hist(tr_all["num_atoms"]),
+              "meta_json": json.dumps({"step": step, "data_hash": meta["train_hash"], "config": cfg,
+                                       "n_train": len(tr_idx)})}
+        if dev.type == "cuda":
+            st["rng_cuda"] = torch.cuda.get_rng_state()
+        tmp = str(state) + ".tmp"
+        torch.save(st, tmp)
+        os.replace(tmp, state)
+
+    @torch.no_grad()
+    def val_loss(net):
+        gv = torch.Generator(device="cpu").manual_seed(7)
+        tot, cnt = {}, 0
+        cpu_rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state() if dev.type == "cuda" else None
+        torch.manual_seed(99)
+        for i in range(0, len(val_idx), 512):
+            idx = val_idx[i:i + 512]
+            b = data_all.batch(idx)
+            t_int = torch.randint(1, sched.T + 1, (len(idx),), generator=gv).to(dev)
+            mode = (torch.arange(len(idx), device=dev) % 2)
+            _, o = diffusion_loss(net, sched, b, cfg, radii, t_int=t_int, mode=mode)
+            for k, v in o.items():
+                tot[k] = tot.get(k, 0.0) + float(v) * len(idx)
+            cnt += len(idx)
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state(cuda_rng)
+        return {k: round(v / cnt, 5) for k, v in tot.items()}
+
+    ema_params, model_params = list(ema.parameters()), list(model.parameters())
+    budget = minutes * 60.0
+    bs = int(cfg["batch_size"])
+    hist, last_save, curve = {}, time.time(), []
+    ptr_ep, order = 0, tr_idx[torch.randperm(len(tr_idx), device=dev)]
+    model.train()
+    t_loop = time.time()
+    while True:
+        if max_steps and step - step0 >= max_steps:
+            break
+        if time.time() - t_start > budget:
+            break
+        if ptr_ep + bs > len(order):
+            order = tr_idx[torch.randperm(len(tr_idx), device=dev)]
+            ptr_ep = 0
+        idx = order[ptr_ep:ptr_ep + bs]
+        ptr_ep += bs
+        b = data_all.batch(idx)
+        lr = cfg["lr"] * min(1.0, (step + 1) / cfg["warmup"])
+        for gparam in opt.param_groups:
+            gparam["lr"] = lr
+        loss, o = diffusion_loss(model, sched, b, cfg, radii)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+        if torch.isfinite(gn):
+            opt.step()
+        with torch.no_grad():
+            d = min(cfg["ema"], (1 + step) / (10 + step))
+            torch._foreach_lerp_(ema_params, model_params, 1 - d)
+        step += 1
+        for k, v in o.items():
+            hist[k] = hist.get(k, 0.0) + v
+        if step % 500 == 0:
+            avg = {k: round(float(v) / 500, 5) for k, v in hist.items()}
+            hist = {}
+            el = time.time() - t_loop
+            print(f"step {step} {avg} {(step - step0) / el:.1f} it/s", flush=True)
+            curve.append({"step": step, **avg})
+            if time.time() - last_save > 180:
+                save_state()
+                last_save = time.time()
+    train_s = time.time() - t_loop
+    model.eval()
+    vl = val_loss(ema)
+    print("val (EMA)", vl, flush=True)
+    save_state()
+    record = {"run": run_name or time.strftime("%Y%m%dT%H%M%S"), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+              "config": cfg, "data_hash": meta["train_hash"], "data_counts": meta["counts"], "seed": seed,
+              "step_start": step0, "step_end": step, "steps_per_s": round((step - step0) / max(train_s, 1e-9), 2),
+              "train_curve": curve[-8:], "val_loss_ema": vl, "n_params": n_params,
+              "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
+              "torch": torch.__version__, "wall_s": round(time.time() - t_start, 1)}
+    if ckpt:
+        ck = make_checkpoint(mcfg, dcfg, ema.state_dict(), radii, num_atoms_hist(tr_all["num_atoms"]),
+                             {k: list(v) for k, v in PROP_NORM.items()},
+                             {"step": step, "data_hash": meta["train_hash"], "config": cfg, "val_loss_ema": vl,
+                              "n_train": len(tr_idx), "run": record["run"]}, dtype=ckpt_dtype)
+        torch.save(ck, ckpt)
+    if log:
+        with open(log, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+    return record
+
+
+def export_checkpoint(state: str, ckpt: str, dtype: str = "float32") -> dict:
+    """Write the inference checkpoint (EMA weights + config) from a train-state file."""
+    st = read_raw(state, STATE_KIND)
+    cfg = json.loads(st["config_json"])
+    mcfg = dict(hidden=cfg["hidden"], layers=cfg["layers"], n_freq=cfg["n_freq"])
+    dcfg = dict(T=cfg["T"], sigma_min=cfg["sigma_min"], sigma_max=cfg["sigma_max"])
+    meta = json.loads(st["meta_json"])
+    ck = make_checkpoint(mcfg, dcfg, st["ema"], st["radii"], st["num_atoms_hist"],
+                         {k: list(v) for k, v in PROP_NORM.items()}, meta, dtype=dtype)
+    torch.save(ck, ckpt)
+    return meta
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--state", required=True)
+    ap.add_argument("--ckpt")
+    ap.add_argument("--log")
+    ap.add_argument("--minutes", type=float, default=8.0)
+    ap.add_argument("--max-steps", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device")
+    ap.add_argument("--run-name", default="")
+    ap.add_argument("--ckpt-dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--export", nargs=2, metavar=("STATE", "CKPT"), help="only write CKPT from STATE")
+    for k, v in DEFAULTS.items():
+        ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=None)
+    a = vars(ap.parse_args(argv))
+    if a.pop("export") is not None:
+        print(export_checkpoint(*ap.parse_args(argv).export, dtype=a["ckpt_dtype"]))
+        return
+    base = {k: a.pop(k) for k in ("data", "state", "ckpt", "log", "minutes", "max_steps", "seed", "device",
+                                   "run_name", "ckpt_dtype")}
+    train(**base, **a)
+
+
+if __name__ == "__main__":
+    main()
