@@ -14,7 +14,7 @@ from qadb.store.connection import Store
 from qadb.store.documents import AliasDoc, LabelDoc, Origin, StructureDoc
 from qadb.store.ingest import IngestReport, _insert_ignoring_duplicates, _normalise_label, flag_conflicts, ingest_records, label_doc
 from qadb.store.identity import content_hash
-from qadb.store.readers import LabelSpec, RawLabel, RawRecord, read_csv, read_path
+from qadb.store.readers import LabelSpec, RawLabel, RawRecord, detect_format, read_csv, read_path
 
 Progress = Callable[[str, int, int], None]
 
@@ -24,15 +24,9 @@ def records_from_paths(paths: list[Path], *, fmt: str | None = None, labels: lis
     """Records from user files; label specs apply to CSV columns."""
     out: list[RawRecord] = []
     for path in paths:
-        opts = {"cif_column": cif_column, "id_column": id_column, "labels": list(labels)} if (fmt or _fmt(path)) == "csv" else {}
+        opts = {"cif_column": cif_column, "id_column": id_column, "labels": list(labels)} if (fmt or detect_format(Path(path))) == "csv" else {}
         out.extend(read_path(Path(path), fmt=fmt, source=source, **opts))
     return out
-
-
-def _fmt(path: Path) -> str | None:
-    from qadb.store.readers import detect_format
-
-    return detect_format(Path(path))
 
 
 def records_from_dataset(name: str) -> list[RawRecord]:

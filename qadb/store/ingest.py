@@ -67,10 +67,6 @@ class IngestReport:
     seconds: float = 0.0
     activity: str = ""
 
-    @property
-    def stored_structures(self) -> int:
-        return self.new_structures
-
     def as_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "skipped"} | {"skipped": len(self.skipped)}
 

@@ -18,9 +18,6 @@ from qadb.errors import InputError
 from qadb.store import properties
 from qadb.store.documents import LabelDoc, StructureDoc
 
-SUMMARY_FIELDS = ("formula_pretty", "chemsys", "nsites", "spacegroup", "spacegroup_symbol", "origin", "source_ids", "flags")
-
-
 @dataclass
 class Query:
     """Filters; every one is optional and they combine with AND."""
