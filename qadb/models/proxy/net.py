@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from qadb.models.validator.net import N_SPECIES, Interaction, RadialBasis, collate  # noqa: F401
+from qadb.models.validator.net import N_SPECIES, Interaction, RadialBasis, collate, encode  # noqa: F401
 
 
 def default_config(gap_levels: list[str]) -> dict:
@@ -31,12 +31,8 @@ class PhiQ(nn.Module):
         self.head = nn.Sequential(nn.Linear(2 * F, F), nn.SiLU(), nn.Linear(F, self.k + 1))
 
     def forward(self, batch: dict):
-        z, src, dst, dist = batch["z"], batch["src"], batch["dst"], batch["dist"]
         g, n = batch["batch"], int(batch["n_graphs"])
-        h = self.embed(z)
-        rbf, env = self.rbf(dist)
-        for blk in self.blocks:
-            h = blk(h, rbf, env, src, dst, self.norm)
+        h, _, _ = encode(self.embed, self.rbf, self.blocks, batch, self.norm)
         cnt = torch.zeros(n, dtype=h.dtype).index_add_(0, g, torch.ones_like(g, dtype=h.dtype)).clamp_min(1)
         mean = torch.zeros(n, h.shape[1], dtype=h.dtype).index_add_(0, g, h) / cnt[:, None]
         mx = torch.full((n, h.shape[1]), -1e9, dtype=h.dtype).scatter_reduce(0, g[:, None].expand_as(h), h, "amax")

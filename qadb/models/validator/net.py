@@ -77,6 +77,17 @@ class Interaction(nn.Module):
         return h + self.out(agg)
 
 
+def encode(embed: nn.Embedding, rbf: RadialBasis, blocks: nn.ModuleList, batch: dict, norm: float):
+    """The shared trunk: embed species, expand distances, run interaction blocks.
+
+    Returns node features and the radial basis with its envelope (heads reuse them)."""
+    h = embed(batch["z"])
+    basis, env = rbf(batch["dist"])
+    for blk in blocks:
+        h = blk(h, basis, env, batch["src"], batch["dst"], norm)
+    return h, basis, env
+
+
 class MFENNP(nn.Module):
     """One ensemble member. ``forward`` returns (mean, var), each of shape (n_graphs, n_levels)."""
 
@@ -121,12 +132,9 @@ class MFENNP(nn.Module):
                 self.var_w1, self.var_b1, self.var_w2, self.var_b2]
 
     def forward(self, batch: dict):
-        z, src, dst, dist = batch["z"], batch["src"], batch["dst"], batch["dist"]
+        src, dst = batch["src"], batch["dst"]
         gidx, n_graphs = batch["batch"], int(batch["n_graphs"])
-        h = self.embed(z)
-        rbf, env = self.rbf(dist)
-        for blk in self.shared:
-            h = blk(h, rbf, env, src, dst, self.norm)
+        h, rbf, env = encode(self.embed, self.rbf, self.shared, batch, self.norm)
         w = self.fid_filt(rbf) * env[:, None]  # (E, F)
         m = w * self.fid_lin(h)[src]  # (E, F)
         agg = torch.zeros_like(h).index_add_(0, dst, m) / self.norm  # (N, F)
@@ -151,7 +159,7 @@ class MFENNP(nn.Module):
             0, gidx, torch.ones_like(gidx, dtype=h.dtype)).clamp_min(1.0)
         pooled = torch.zeros(n_graphs, self.n_levels, 2, dtype=h.dtype, device=h.device).index_add_(0, gidx, o)
         pooled = pooled / counts[:, None, None]
-        ref = torch.zeros(n_graphs, dtype=h.dtype, device=h.device).index_add_(0, gidx, self.elem_ref[z]) / counts
+        ref = torch.zeros(n_graphs, dtype=h.dtype, device=h.device).index_add_(0, gidx, self.elem_ref[batch["z"]]) / counts
         delta, s = pooled[..., 0], pooled[..., 1]
         mus = []
         for lvl, p in enumerate(self.parents):
