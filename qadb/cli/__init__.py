@@ -11,7 +11,7 @@ from qadb.errors import QadbError
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the click group, turning `QadbError` into one line + exit code."""
-    from qadb.cli.commands import cli
+    from qadb.cli.app import cli
 
     try:
         cli.main(args=argv, prog_name="qadb", standalone_mode=False)

@@ -3,44 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from qadb import config
+from qadb.cli.groups import cli, console, open_store as _open, out, progress as _progress
 from qadb.errors import InputError
-
-console = Console(stderr=True)
-out = Console()
-
-os.environ.setdefault("SPGLIB_WARNING", "OFF")
-
-
-def _open(ctx: click.Context, read_only: bool = False):
-    from qadb.store import connect
-
-    return connect(ctx.obj.get("uri"), read_only=read_only)
-
-
-@click.group()
-@click.option("--store", "uri", envvar="QADB_MONGO_URI", default=None,
-              help="Store URI: mongodb://..., mongodb+srv://..., or a folder for the embedded store "
-                   "(default: $QADB_MONGO_URI, then mongo_uri in ~/.qadb/config.yaml, then ~/.qadb/store).")
-@click.version_option(package_name="qadb")
-@click.pass_context
-def cli(ctx: click.Context, uri: str | None) -> None:
-    """qadb: materials store and generative discovery campaigns."""
-    ctx.ensure_object(dict)
-    ctx.obj["uri"] = uri
-
-
-def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True, disable=not console.is_terminal)
 
 
 def _print_report(report, name: str) -> None:
