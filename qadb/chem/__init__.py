@@ -10,6 +10,7 @@ store layer plain dicts to persist. Definitions and measured speeds: docs/chem.m
 from qadb.chem._composition import as_amounts, chemsys, reduced_formula
 from qadb.chem._descriptors import COMPACTNESS_WINDOW, SymmetryInfo, compactness, symmetry_info
 from qadb.chem._describe import describe
+from qadb.chem._fingerprint import FINGERPRINT_NAMES, FINGERPRINT_VERSION, composition_fingerprint, fingerprint
 from qadb.chem._funnel import (
     ConstraintConfig,
     FunnelReport,
@@ -56,13 +57,13 @@ from qadb.chem._validity import (
 )
 
 __all__ = [
-    "COMPACTNESS_WINDOW", "CheckResult", "ConstraintConfig", "Framework", "FunnelReport", "HullEntry",
+    "COMPACTNESS_WINDOW", "CheckResult", "ConstraintConfig", "FINGERPRINT_NAMES", "FINGERPRINT_VERSION", "Framework", "FunnelReport", "HullEntry",
     "HullResult", "MLEDResult", "OxidationAssignment", "PhaseHull", "ReferenceSet", "SPPScore", "SPPTable",
     "Stage", "SymmetryInfo", "aflow_prototype", "as_amounts", "assign_framework", "assign_oxidation_states",
     "build_hull", "build_hulls", "build_spp_table", "check_bond_valence", "check_charge_neutrality",
     "check_covalent_distance", "check_electronegativity", "check_min_distance", "check_pauling_electrostatic",
-    "check_symmetry", "check_volume", "chemsys", "compactness", "compactness_stage", "composition_novelty_stage",
-    "constraints_stage", "default_stages", "describe", "ehull_stage", "framework_prototypes", "is_intermetallic",
+    "check_symmetry", "check_volume", "chemsys", "compactness", "composition_fingerprint", "compactness_stage", "composition_novelty_stage",
+    "constraints_stage", "default_stages", "describe", "ehull_stage", "fingerprint", "framework_prototypes", "is_intermetallic",
     "load_spp_table", "mled", "mled_reference", "mled_stage", "reduced_formula", "run_funnel", "seed000_checks",
     "spp_score", "spp_stage", "stability_class", "symmetry_info", "unique_indices",
 ]  # fmt: skip

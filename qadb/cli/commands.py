@@ -213,17 +213,21 @@ def lineage(ctx, doc_id):
 @click.option("--check", is_flag=True, help="Exit non-zero if schemas/ differs from the code instead of writing.")
 @click.option("--dir", "folder", type=click.Path(path_type=Path), default=Path("schemas"), show_default=True)
 def schemas(check, folder):
-    """Regenerate the JSON Schemas in schemas/ from the document definitions."""
+    """Regenerate the JSON Schemas in schemas/ from the document definitions and the recipe schema."""
+    from qadb.campaign.recipe import SCHEMA as RECIPE_SCHEMA
     from qadb.store import schemas as sch
 
+    every = {**sch.all_schemas(), "campaign_recipe.schema.json": RECIPE_SCHEMA}
     if check:
-        stale = [n for n, s in sch.all_schemas().items() if not (folder / n).exists() or (folder / n).read_text() != sch.render(s)]
+        stale = [n for n, s in every.items() if not (folder / n).exists() or (folder / n).read_text() != sch.render(s)]
         if stale:
             raise InputError(f"schemas out of date: {', '.join(stale)} (run `qadb schemas`)")
         click.echo("schemas up to date")
         return
-    for p in sch.write(folder):
-        click.echo(p)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, schema in every.items():
+        (folder / name).write_text(sch.render(schema))
+        click.echo(folder / name)
 
 
 @cli.command()

@@ -21,10 +21,20 @@ class CampaignDoc(me.Document):
     budget_total = me.FloatField()
     budget_spent = me.FloatField(default=0.0)
     stop_reason = me.StringField()
+    name = me.StringField()
+    kind = me.StringField()
+    runner = me.StringField(default="local")
+    no_hit_streak = me.IntField(default=0)
+    validator_trained_through = me.IntField(default=-1)
+    generator_trained_through = me.IntField(default=-1)
+    summary = me.DictField()
+    error = me.StringField()
+    pid = me.IntField()
+    host = me.StringField()
     created_at = me.DateTimeField(default=utcnow)
     updated_at = me.DateTimeField(default=utcnow)
 
-    meta = {"collection": "campaigns", "strict": True, "indexes": ["state"]}
+    meta = {"collection": "campaigns", "strict": True, "indexes": ["state", "name"]}
 
 
 class CycleDoc(me.Document):
@@ -38,7 +48,11 @@ class CycleDoc(me.Document):
     selected = me.ListField(me.StringField())
     validated = me.ListField(me.StringField())
     hits = me.ListField(me.StringField())
+    labels = me.DictField()
+    failed = me.ListField(me.StringField())
+    predictions = me.DictField()
     counts = me.DictField()
+    notes = me.ListField(me.StringField())
     budget_spent = me.FloatField(default=0.0)
     started_at = me.DateTimeField(default=utcnow)
     finished_at = me.DateTimeField()

@@ -1,0 +1,182 @@
+"""Campaign benchmarks: python bench/campaign.py [--quick] [--out FILE] [--skip-quickstart].
+
+(1) Replay benchmarks on real multi-fidelity data (seed 000 Tables 7/8 analogues): each strategy
+runs the full campaign engine (state in a temporary embedded store) against a replay oracle that
+reveals held-out high-fidelity labels; hits per high-fidelity call over 5 seeds, bootstrap 95 %
+CIs of the ratios (resampling seeds) and Welch t-tests (seed 000 Sec. 4.5). Every campaign starts
+from the same random seed set (`init` calls, excluded from hits per call) and then takes a fixed
+batch of `top_k` per cycle until the budget is spent.
+(2) The quickstart campaign's wall time (`qadb launch campaign quickstart`), unless skipped.
+Not measured here (no metric written): the inverse-design MAPE and the PySCF campaign.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+warnings.filterwarnings("ignore")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from qadb.campaign import build, recipe as recipes, replay  # noqa: E402
+from qadb.campaign.engine import Engine  # noqa: E402
+from qadb.store import connect  # noqa: E402
+
+STRATEGIES = {  # name -> recipe overrides
+    "random": {"select": {"strategy": "random"}},
+    "pbe_only": {"select": {"strategy": "low_fidelity"}},
+    "uncertainty_only": {"select": {"strategy": "uncertainty"}},
+    "divergence": {"select": {"strategy": "divergence"}},
+}
+ABLATIONS = {
+    "no_multi_fidelity": {"select": {"strategy": "divergence"}, "predict": {"multi_fidelity": False}},
+    "no_active_learning": {"select": {"strategy": "divergence"}, "retrain": {"validator_every": 0}},
+    "no_q": {"select": {"strategy": "divergence"}, "predict": {"descriptors": False}},
+}
+
+
+def _recipe(task: replay.ReplayTask, name: str, seed: int, budget: int, init: int, top_k: int, over: dict) -> dict:
+    rec = {"name": f"bench-{task.name}-{name}", "kind": "replay", "seed": seed, "budget": budget,
+           "max_cycles": 1000, "patience": 1000,
+           "candidates": {"source": "replay", "task": task.name, "init": init},
+           "predict": {"validator": "delta_ensemble"},
+           "select": {"top_k": top_k, "budget_fraction": 1.0, "divergence": task.divergence},
+           "validate": {"labeller": "replay"}}
+    for key, value in over.items():
+        rec[key] = {**rec.get(key, {}), **value}
+    return recipes.validate(rec)
+
+
+def run_one(task, name, seed, budget, init, top_k, over) -> dict:
+    rec = _recipe(task, name, seed, budget, init, top_k, over)
+    doc = Engine(recipes.campaign_id(rec), rec, build.replay_parts(rec, task)).run()
+    return doc.summary
+
+
+def bootstrap_ratio(a: np.ndarray, b: np.ndarray, n: int = 10000, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile CI of mean(a)/mean(b), resampling the seeds of each arm independently."""
+    rng = np.random.default_rng(seed)
+    ra = a[rng.integers(0, len(a), (n, len(a)))].mean(1)
+    rb = b[rng.integers(0, len(b), (n, len(b)))].mean(1)
+    ratio = ra / np.where(rb > 0, rb, np.nan)
+    ratio = ratio[np.isfinite(ratio)]
+    return (float(np.percentile(ratio, 2.5)), float(np.percentile(ratio, 97.5))) if ratio.size else (float("nan"),) * 2
+
+
+def welch_p(a, b) -> float:
+    from scipy.stats import ttest_ind
+
+    if np.std(a) == 0 and np.std(b) == 0:
+        return 0.0 if np.mean(a) != np.mean(b) else 1.0
+    return float(ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def replay_bench(task, seeds, budget, init, top_k, arms) -> dict:
+    per_arm = {}
+    for name, over in arms.items():
+        t = time.time()
+        res = [run_one(task, name, s, budget, init, top_k, over) for s in seeds]
+        per_arm[name] = {"hits_per_call": np.array([r["hits_per_call"] for r in res]),
+                         "hits": [r["hits"] for r in res], "calls": res[0]["calls"], "seconds": time.time() - t}
+        print(f"  {task.name:9s} {name:20s} hits/call {per_arm[name]['hits_per_call'].mean():.3f} "
+              f"({time.time() - t:.0f} s)", file=sys.stderr)
+    return per_arm
+
+
+def metric(value, unit, target=None, direction="max") -> dict:
+    return {"value": value, "unit": unit, "target": target, "direction": direction}
+
+
+def quickstart_wall() -> float:
+    with tempfile.TemporaryDirectory() as home:
+        env = {**os.environ, "QADB_HOME": home, "QADB_MONGO_URI": ""}
+        t = time.time()
+        subprocess.run([sys.executable, "-m", "qadb.cli", "launch", "campaign", "quickstart"], env=env, check=True,
+                       cwd=ROOT)
+        return time.time() - t
+
+
+def env_info() -> dict:
+    from importlib.metadata import version
+
+    return {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
+            "numpy": np.__version__, "scikit-learn": version("scikit-learn"), "platform": platform.platform()}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "campaign.json")
+    ap.add_argument("--skip-quickstart", action="store_true")
+    args = ap.parse_args(argv)
+
+    seeds = [0, 1] if args.quick else [0, 1, 2, 3, 4]
+    budget, init, top_k = (80, 20, 20) if args.quick else (150, 20, 20)
+    task_names = ["bandgap"] if args.quick else ["bandgap", "enthalpy"]
+    metrics: dict[str, dict] = {}
+    rows = []
+    tmp = tempfile.mkdtemp(prefix="qadb-bench-campaign-")
+    store = connect(tmp)
+    try:
+        for tname in task_names:
+            task = replay.task(tname)
+            info = task.summary()
+            arms = dict(STRATEGIES) if not args.quick else {k: STRATEGIES[k] for k in ("random", "pbe_only", "divergence")}
+            if not args.quick:
+                arms.update(ABLATIONS)
+            res = replay_bench(task, seeds, budget, init, top_k, arms)
+            full, rnd, pbe = (res[k]["hits_per_call"] for k in ("divergence", "random", "pbe_only"))
+            sfx = "" if tname == "bandgap" else f"_{tname}"
+            r_rand = full.mean() / rnd.mean() if rnd.mean() > 0 else float("inf")
+            r_pbe = full.mean() / pbe.mean() if pbe.mean() > 0 else float("inf")
+            lo, hi = bootstrap_ratio(full, rnd)
+            plo, phi = bootstrap_ratio(full, pbe)
+            metrics[f"replay_prevalence{sfx}"] = metric(info["prevalence"], "fraction", 0.10, "min")
+            metrics[f"replay_hits_per_call_ratio_vs_random{sfx}"] = metric(r_rand, "ratio", 3.0)
+            metrics[f"replay_hits_per_call_ratio_vs_random{sfx}_ci_low"] = metric(lo, "ratio", 3.0)
+            metrics[f"replay_hits_per_call_ratio_vs_random{sfx}_ci_high"] = metric(hi, "ratio")
+            metrics[f"replay_hits_per_call_ratio_vs_pbe_only{sfx}"] = metric(r_pbe, "ratio", 1.5)
+            metrics[f"replay_hits_per_call_ratio_vs_pbe_only{sfx}_ci_low"] = metric(plo, "ratio", 1.5)
+            metrics[f"replay_welch_p_vs_random{sfx}"] = metric(welch_p(full, rnd), "p", 0.05, "min")
+            metrics[f"replay_welch_p_vs_pbe_only{sfx}"] = metric(welch_p(full, pbe), "p", 0.05, "min")
+            for name, r in res.items():
+                metrics[f"replay_hit_rate_{name}{sfx}"] = metric(float(r["hits_per_call"].mean()), "hits/call")
+                rows.append((tname, name, r["hits_per_call"].mean(), r["hits_per_call"].std(ddof=1) if len(seeds) > 1 else 0.0,
+                             r["hits_per_call"].mean() / rnd.mean() if rnd.mean() else float("inf"),
+                             welch_p(r["hits_per_call"], rnd) if name != "random" else float("nan"), r["calls"]))
+            metrics[f"replay_task{sfx}"] = {**metric(info["pool"], "candidates in pool", None), "info": info}
+        if not args.quick and not args.skip_quickstart:
+            metrics["quickstart_wall_s"] = metric(quickstart_wall(), "s", 300, "min")
+    finally:
+        store.close()
+    print("| task | strategy | hits per HF call (mean over seeds) | sd | × random | Welch p vs random | calls per seed |")
+    print("|---|---|---|---|---|---|---|")
+    for t, n, m, sd, ratio, p, calls in rows:
+        print(f"| {t} | {n} | {m:.3f} | {sd:.3f} | {ratio:.2f} | {p:.2g} | {calls} |")
+    print()
+    print("| metric | value | target |")
+    print("|---|---|---|")
+    for k, v in metrics.items():
+        val = v["value"]
+        print(f"| {k} | {val:.4g} | {v['target'] if v['target'] is not None else ''} |" if isinstance(val, float)
+              else f"| {k} | {val} | {v['target'] if v['target'] is not None else ''} |")
+    result = {"area": "campaign", "quick": args.quick, "env": env_info(),
+              "settings": {"seeds": seeds, "budget": budget, "init": init, "top_k": top_k}, "metrics": metrics}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1, default=float) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
