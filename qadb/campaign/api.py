@@ -21,11 +21,14 @@ def launch(recipe: str | Path | dict, *, runner: str = "local", seed: int | None
     """Start (or continue, if the same recipe and seed already ran) a campaign and run it to the end."""
     if runner not in RUNNERS:
         raise InputError(f"unknown runner {runner!r}; choose from {', '.join(RUNNERS)}")
+    if runner == "fireworks":
+        raise InputError("--runner fireworks is not available for campaigns yet (cycle jobs run locally); "
+                         "use `qadb worker` with `qadb relax/label --runner fireworks` for cluster jobs")
     rec = recipes.validate(recipe) if isinstance(recipe, dict) else recipes.load(recipe)
     if seed is not None:
         rec["seed"] = int(seed)
     cid = recipes.campaign_id(rec)
-    return Engine(cid, rec, build.parts(rec), runner=runner, on_event=on_event).run()
+    return Engine(cid, rec, build.parts(rec, cid), runner=runner, on_event=on_event).run()
 
 
 def _get(cid: str) -> CampaignDoc:
@@ -43,7 +46,7 @@ def resume(cid: str, on_event: Callable[[str], None] | None = None) -> CampaignD
         doc.state = "running"
         state.save(doc)
     rec = doc.recipe
-    return Engine(cid, rec, build.parts(rec), runner=doc.runner or "local", on_event=on_event).run()
+    return Engine(cid, rec, build.parts(rec, cid), runner=doc.runner or "local", on_event=on_event).run()
 
 
 def stop(cid: str, *, writable: bool = True) -> str:

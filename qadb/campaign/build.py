@@ -37,10 +37,10 @@ def replay_parts(recipe: dict, task: replay.ReplayTask | None = None) -> Parts:
     )
 
 
-def parts(recipe: dict) -> Parts:
+def parts(recipe: dict, cid: str) -> Parts:
     source = recipe["candidates"]["source"]
     if source == "replay":
         return replay_parts(recipe)
     from qadb.campaign.generative import generative_parts
 
-    return generative_parts(recipe)
+    return generative_parts(recipe, cid)

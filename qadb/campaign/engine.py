@@ -68,7 +68,7 @@ class Engine:
     # --- the loop ----------------------------------------------------------------------------
     def run(self) -> CampaignDoc:
         doc = state.open_campaign(self.cid, self.recipe, self.runner)
-        if doc.state in ("completed", "stopped"):
+        if doc.state == "completed":
             return doc
         doc.state, doc.error, doc.pid, doc.host = "running", None, os.getpid(), socket.gethostname()
         state.save(doc)
@@ -76,6 +76,10 @@ class Engine:
         previous = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() else None
         try:
             return self._loop(doc)
+        except Exception as exc:
+            doc.state, doc.error = "failed", f"{type(exc).__name__}: {exc}"
+            state.save(doc)  # the phase stays recorded: `qadb campaign resume` retries from it
+            raise
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
@@ -113,7 +117,7 @@ class Engine:
         seen = set(state.labelled(self.cid)) | {state._unkey(f) for c in state.cycles(self.cid) for f in c.failed}
         ids = self.parts.source.candidates(doc.cycle, seen, self.recipe["candidates"]["n"], doc.seed)
         counts = {"generated": len(ids)}
-        if self.parts.filters and doc.cycle > 0:
+        if self.parts.filters:
             ids = self.parts.filters(ids)
         counts["passed_funnel"] = len(ids)
         cyc.generated, cyc.counts = ids, {**cyc.counts, **counts}
@@ -137,11 +141,9 @@ class Engine:
         if not ids or k == 0:
             chosen = []
         else:
-            known_ids = list(state.labelled(self.cid))
-            source = self.parts.source
-            chosen = select(strategy, k=k, x=source.features(ids),
-                            known_x=source.features(known_ids) if known_ids else np.zeros((0, source.features(ids[:1]).shape[1])),
-                            y_low=pred.y_low, y_mf=pred.y_mf, sigma=pred.sigma, target=self.parts.target,
+            known_ids = [i for i in state.labelled(self.cid) if i not in set(ids)]
+            feats = self.parts.source.features(ids + known_ids)  # one scaling for candidates and known
+            chosen = select(strategy, k=k, x=feats[: len(ids)], known_x=feats[len(ids):], y_low=pred.y_low, y_mf=pred.y_mf, sigma=pred.sigma, target=self.parts.target,
                             divergence_kind=sel["divergence"], w_signal=sel["weights"]["signal"],
                             w_diversity=sel["weights"]["diversity"], clusters=sel["clusters"],
                             seed=int(np.random.default_rng([doc.seed, doc.cycle, 2]).integers(2**31)))

@@ -110,3 +110,20 @@ def test_bad_recipe_fields_are_named(bad, message):
     rec = {**rec, **copy.deepcopy(bad)}
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         recipes.validate(rec, where="flows/x.yaml")
+
+
+def test_every_shipped_recipe_validates():
+    from pathlib import Path
+
+    flows = sorted((Path(__file__).resolve().parents[2] / "flows").glob("*.yaml"))
+    assert {p.stem for p in flows} >= {"quickstart", "qa_genai", "pigen_funnel", "replay_bandgap", "replay_enthalpy"}
+    for path in flows:
+        rec = recipes.load(path)
+        assert rec["name"] == path.stem
+
+
+def test_bad_labeller_settings_are_named(store_uri):
+    from qadb.campaign.generative import DFTLabeller
+
+    with pytest.raises(ConfigError, match="unknown field\\(s\\) xc for PySCFSettings"):
+        DFTLabeller("pyscf", {"xc": "r2scan"})

@@ -58,7 +58,7 @@ def test_sigkill_in_every_phase_then_resume_gives_the_uninterrupted_result(store
         paid = sum(len(c.labels) + len(c.failed) for c in summary)
         chosen = sum(len(c.selected) for c in summary)
     with connect(str(tmp_path / "reference")):
-        Engine(cid, rec, build.parts(rec)).run()
+        Engine(cid, rec, build.parts(rec, cid)).run()
         reference = _final(cid)
     assert resumed == reference
     assert paid == chosen <= RECIPE["budget"]  # every selected candidate paid once: nothing bought twice, nothing lost

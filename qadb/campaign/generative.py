@@ -1,0 +1,251 @@
+"""Parts of generative campaigns: generator samples stored as structures, MF-ENNP predictions with a
+per-campaign correction, the chemistry funnel, and labellers that run real calculations as tracked jobs.
+
+Candidates are written to the store (origin = generator checkpoint + settings + campaign + cycle),
+so every label a campaign buys hangs off a stored structure with its lineage.
+"""
+
+from __future__ import annotations
+
+import warnings
+from functools import cached_property
+
+import numpy as np
+
+from qadb.campaign.acquisition import Window, standardise
+from qadb.campaign.build import hit_rule, target_window
+from qadb.campaign.engine import Parts
+from qadb.campaign.parts import Prediction
+from qadb.campaign.replay import HitRule
+from qadb.campaign.surrogate import DeltaEnsemble
+from qadb.chem import fingerprint
+from qadb.errors import ConfigError
+from qadb.store.documents import LabelDoc, Origin, StructureDoc
+
+
+def _settings(cls, given: dict, where: str = "validate.settings"):
+    """Build a drivers settings dataclass, naming unknown fields instead of a TypeError."""
+    unknown = sorted(set(given) - set(cls.__dataclass_fields__))
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)} for {cls.__name__} "
+                          f"(known: {', '.join(cls.__dataclass_fields__)})")
+    return cls(**given)
+
+
+class _Structures:
+    """Stored structures by id, parsed once."""
+
+    def __init__(self):
+        self._cache: dict = {}
+
+    def get(self, ids: list[str]) -> list:
+        from pymatgen.core import Structure
+
+        missing = [i for i in ids if i not in self._cache]
+        for doc in StructureDoc.objects(id__in=missing).only("id", "structure", "spacegroup"):
+            self._cache[doc.id] = (Structure.from_dict(doc.structure), doc.spacegroup)
+        return [self._cache[i][0] for i in ids]
+
+    def fingerprints(self, ids: list[str]) -> np.ndarray:
+        structures = self.get(ids)
+        return np.stack([fingerprint(s, spacegroup=self._cache[i][1]) for i, s in zip(ids, structures)])
+
+
+class GeneratorSource:
+    """Samples n crystals per cycle with the diffusion generator and stores them."""
+
+    def __init__(self, recipe: dict, cid: str, structures: _Structures):
+        self.settings = {k: v for k, v in recipe["candidates"].items() if k not in ("source", "init", "task")}
+        self.cid, self.structures = cid, structures
+
+    @cached_property
+    def _generator(self):
+        from qadb.models.generator import load_checkpoint
+        from qadb.models.generator.api import DEFAULT_CHECKPOINT
+
+        return load_checkpoint(self.settings.get("checkpoint") or DEFAULT_CHECKPOINT)
+
+    def candidates(self, cycle: int, exclude: set[str], n: int, seed: int) -> list[str]:
+        from qadb.models.generator import sample
+        from qadb.workflows.persist import store_structure
+
+        s = self.settings
+        cycle_seed = int(np.random.default_rng([seed, cycle, 3]).integers(2**31))
+        crystals = sample(self._generator, n=n, mode=s.get("mode", "gen"), composition=s.get("composition"),
+                          chemsys=s.get("chemsys"), conditions=s.get("conditions") or None,
+                          guidance=s.get("guidance") or None, steps=s.get("steps"), seed=cycle_seed)
+        settings = {**{k: v for k, v in s.items() if v not in (None, {})}, "seed": cycle_seed}
+        origin = Origin(kind="generated", activity=f"sample-{self.cid}-c{cycle:03d}", campaign=self.cid, cycle=cycle,
+                        checkpoint=str(s.get("checkpoint") or "default"), settings=settings)
+        ids = []
+        for crystal in crystals:
+            try:
+                sid = store_structure(crystal, origin)
+            except Exception:  # noqa: BLE001 - an unphysical sample (overlapping atoms, NaN cell) is skipped
+                continue
+            if sid not in exclude and sid not in ids:
+                ids.append(sid)
+        return ids
+
+    def features(self, ids: list[str]) -> np.ndarray:
+        return standardise(self.structures.fingerprints(ids))
+
+
+def funnel(names: list[str], structures: _Structures):
+    """A filter over candidate ids built from `qadb.chem` stages (seed 000 constraints, SPP, C, M_LED)."""
+    from qadb.chem import compactness_stage, constraints_stage, mled_stage, run_funnel, spp_stage
+
+    makers = {"constraints": constraints_stage, "spp": spp_stage, "compactness": compactness_stage, "mled": mled_stage}
+    unknown = [n for n in names if n not in makers]
+    if unknown:
+        raise ConfigError(f"filter.funnel: {', '.join(unknown)} cannot run inside a campaign here "
+                          f"(available: {', '.join(makers)})")
+    stages = [makers[n]() for n in names]
+
+    def apply(ids: list[str]) -> list[str]:
+        if not stages or not ids:
+            return ids
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rep = run_funnel(structures.get(ids), stages)
+        return [ids[i] for i in rep.survivors]
+
+    return apply
+
+
+class ValidatorModel:
+    """MF-ENNP's E_PBE, E_MF and σ_MF, plus a Δ-ensemble correction fitted to the campaign's own labels.
+
+    The correction is how the validator is fine-tuned every cycle on a CPU: MF-ENNP's weights stay
+    fixed and a small ensemble learns (label − E_MF) from fingerprints, so the labels bought at the
+    campaign's high fidelity move the next cycle's predictions. σ adds the correction's spread.
+    """
+
+    def __init__(self, recipe: dict, structures: _Structures):
+        self.checkpoint = recipe["predict"].get("checkpoint")
+        self.structures = structures
+        self.delta = DeltaEnsemble(multi_fidelity=True, seed=recipe["seed"])
+        self._cache: dict[str, tuple[float, float, float]] = {}
+        self._fitted = False
+
+    def _base(self, ids: list[str]) -> np.ndarray:
+        from qadb.models.validator import predict
+
+        missing = [i for i in ids if i not in self._cache]
+        if missing:
+            out = predict(self.structures.get(missing), checkpoint=self.checkpoint, proxy_checkpoint=False)
+            for i, k in enumerate(missing):
+                self._cache[k] = (float(out["E_PBE"][i]), float(out["E_MF"][i]), float(out["sigma_MF"][i]))
+        return np.array([self._cache[i] for i in ids]).reshape(len(ids), 3)
+
+    def fit(self, labelled: dict[str, float]) -> None:
+        ids = sorted(labelled)
+        self._fitted = len(ids) >= 2
+        if self._fitted:
+            base = self._base(ids)
+            self.delta.fit(self.structures.fingerprints(ids), base[:, 1], np.array([labelled[i] for i in ids]))
+
+    def predict(self, ids: list[str]) -> Prediction:
+        base = self._base(ids)
+        y_mf, sigma = base[:, 1], base[:, 2]
+        if self._fitted:
+            corr, s2 = self.delta.predict(self.structures.fingerprints(ids), y_mf)
+            y_mf, sigma = corr, np.sqrt(sigma**2 + s2**2)
+        return Prediction(base[:, 0], y_mf, sigma)
+
+
+class MLIPLabeller:
+    """Formation energy per atom at an MLIP level: relax the candidate and the elemental references
+    with the same potential (tracked jobs, cached in the store), then E_f = (E − Σ nᵢμᵢ)/N."""
+
+    def __init__(self, settings: dict, cid: str):
+        from qadb.drivers import RelaxSettings
+
+        self.relax = _settings(RelaxSettings, settings)
+        self.cid = cid
+        mlip = self.relax.mlip()
+        self.fidelity = mlip.fidelity
+        self._mu: dict[str, float] = {}
+
+    def _energy(self, sid: str) -> tuple[str, float] | None:
+        from qadb import workflows as wf
+
+        out = wf.relax_structures([sid], self.relax)[0]
+        if not out.ok:
+            return None
+        lab = LabelDoc.objects(id__in=out.labels, property="energy_per_atom").first()
+        return (out.new_structure, lab.value) if lab else None
+
+    def _reference(self, element: str) -> float:
+        if element not in self._mu:
+            from qadb.drivers import reference_structure
+            from qadb.workflows.persist import store_structure
+
+            cell, _ = reference_structure(element)
+            sid = store_structure(cell, Origin(kind="computed", settings={"reference_state": element}))
+            got = self._energy(sid)
+            if got is None:
+                raise ConfigError(f"the {self.fidelity} relaxation of the {element} reference did not converge")
+            self._mu[element] = got[1]
+        return self._mu[element]
+
+    def label(self, doc_id: str) -> float | None:
+        from qadb.drivers import Label, formation_energy_per_atom, input_hash
+        from qadb.workflows.persist import label_docs, write_labels
+
+        got = self._energy(doc_id)
+        if got is None:
+            return None
+        relaxed_id, e_atom = got
+        relaxed = StructureDoc.objects(id=relaxed_id).only("structure", "chemsys", "nsites").first()
+        from pymatgen.core import Structure
+
+        comp = Structure.from_dict(relaxed.structure).composition
+        refs = {str(el): self._reference(str(el)) for el in comp.elements}
+        value = formation_energy_per_atom(e_atom * comp.num_atoms, comp, refs)
+        params = {"relax": {k: getattr(self.relax, k) for k in ("model", "fmax", "steps")}, "references": refs}
+        lab = Label(property="formation_energy_per_atom", value=value, units="eV/atom", fidelity=self.fidelity,
+                    code="qadb.campaign.MLIPLabeller", code_version="1", parameters=params, converged=True,
+                    wall_time_s=0.0, input_hash=input_hash(Structure.from_dict(relaxed.structure), params))
+        write_labels(label_docs([lab], relaxed_id, relaxed.chemsys, f"campaign-{self.cid}", [doc_id]))
+        return float(value)
+
+
+class DFTLabeller:
+    """Formation energy per atom from PySCF or VASP labelling jobs (qadb.workflows)."""
+
+    def __init__(self, method: str, settings: dict):
+        from qadb.drivers import PySCFSettings, VaspSettings
+
+        cls = PySCFSettings if method == "pyscf" else VaspSettings
+        self.method = method
+        self.settings = _settings(cls, settings)
+        self.fidelity = getattr(self.settings, "level", None) or getattr(self.settings, "xc", method)
+
+    def label(self, doc_id: str) -> float | None:
+        from qadb import workflows as wf
+
+        out = wf.label_structures([doc_id], self.method, self.settings)[0]
+        if not out.ok:
+            return None
+        lab = LabelDoc.objects(id__in=out.labels, property="formation_energy_per_atom").first()
+        return lab.value if lab else None
+
+
+def generative_parts(recipe: dict, cid: str) -> Parts:
+    structures = _Structures()
+    if recipe["predict"]["validator"] != "mfennp":
+        raise ConfigError("generative campaigns use predict.validator: mfennp")
+    labeller_kind = recipe["validate"]["labeller"]
+    settings = recipe["validate"].get("settings") or {}
+    labeller = MLIPLabeller(settings, cid) if labeller_kind == "mlip" else DFTLabeller(labeller_kind, settings)
+    target = target_window(recipe, Window(None, 0.0))
+    return Parts(source=GeneratorSource(recipe, cid, structures), model=ValidatorModel(recipe, structures),
+                 labeller=labeller, target=target, hit=hit_rule(recipe, HitRule(min=target.min, max=target.max)),
+                 filters=funnel(recipe["filter"]["funnel"], structures), after_retrain=_generator_note)
+
+
+def _generator_note(cycle: int, labelled: dict[str, float]) -> list[str]:
+    """Generator fine-tuning is a GPU training job; on a local CPU runner it is recorded, not faked."""
+    return [f"cycle {cycle}: generator fine-tune due ({len(labelled)} labels); run `qadb train generator "
+            "--resume` on a GPU worker (not run by the local runner)"]
