@@ -91,3 +91,17 @@ def report(cid: str, out_dir: str | Path | None = None):
     from qadb.campaign.report import build_report
 
     return build_report(_get(cid), out_dir)
+
+
+def export_hits(cid: str, path: str | Path, *, validated: bool = False) -> dict:
+    """Export a campaign's hits (or everything it validated) and their relaxed structures as MP-style JSON."""
+    from qadb.store import Query, export
+    from qadb.store.documents import StructureDoc
+
+    doc = _get(cid)
+    ids = [i for c in state.cycles(cid) for i in (c.validated if validated else c.hits)]
+    if doc.kind == "replay":
+        raise InputError(f"{cid} is a replay campaign: its candidates are dataset ids, not stored structures "
+                         "(`qadb campaign report` lists them)")
+    children = [d.id for d in StructureDoc.objects(origin__parents__in=ids).only("id")] if ids else []
+    return export(Query(ids=ids + children), Path(path))

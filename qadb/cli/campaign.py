@@ -122,3 +122,17 @@ def campaign_stop(ctx, campaign_id):
         with open_store(ctx, read_only=True):
             message = stop(campaign_id, writable=False)
     out.print(message)
+
+
+@campaign.command("export")
+@click.argument("campaign_id")
+@click.option("-o", "--out", "path", type=click.Path(path_type=Path), required=True, help="Output JSON file.")
+@click.option("--validated", is_flag=True, help="Export every validated candidate, not only the hits.")
+@click.pass_context
+def campaign_export(ctx, campaign_id, path, validated):
+    """Export the discovered candidates (and their relaxed structures) as Materials Project-style JSON."""
+    from qadb.campaign.api import export_hits
+
+    with open_store(ctx, read_only=True):
+        payload = export_hits(campaign_id, path, validated=validated)
+    out.print(f"exported {payload['meta']['count']} materials to {path}")
