@@ -1,12 +1,17 @@
-"""Drivers benchmark: MLIP relaxation throughput and PySCF labelling times on CPU.
+"""Drivers benchmark: job-tracking overhead, MLIP relaxation throughput and PySCF labelling times on CPU.
 
     python bench/drivers.py [--quick] [--out FILE]
 
 Prints a markdown table and writes {"area": "drivers", "quick", "env", "metrics"} JSON
-(default bench/results/drivers.json). --quick (< 60 s on 2 idle cores): one CHGNet run per size, PySCF PBE on a
-Γ-point 2-atom cell. Full: CHGNet and SevenNet-0; PySCF PBE/r2SCAN/PBE0/HSE06 on 2-atom Si with
-the default kspacing (2x2x2), PBE and PBE0 on 4- and 8-atom Si, CCSD(T) at Γ on 2 and 8 atoms.
-Targets are this project's working goals, not published numbers.
+(default bench/results/drivers.json). --quick (< 60 s on 2 idle cores): 20 tracked trivial jobs, one CHGNet
+run per size, PySCF PBE on a Γ-point 2-atom cell. Full: 200 tracked jobs; CHGNet and SevenNet-0; PySCF
+PBE/r2SCAN/PBE0/HSE06 on 2-atom Si with the default kspacing (2x2x2), PBE and PBE0 on 4- and 8-atom Si,
+CCSD(T) at Γ on 2 and 8 atoms. Targets are this project's working goals, not published numbers.
+
+`job_overhead_ms`: per job, (a trivial job run as a tracked jobflow job on the embedded store) minus
+(the same function called bare). The tracked path is what `qadb.workflows.run_makers` does per
+structure: jobflow `run_locally`, claim of the job record, the result blob in GridFS, one label,
+conflict check, finishing the record. `job_cached_ms` is asking again for a job already completed.
 """
 
 from __future__ import annotations
@@ -17,21 +22,74 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 warnings.filterwarnings("ignore")
 
 from ase.build import bulk  # noqa: E402
 from pymatgen.io.ase import AseAtomsAdaptor  # noqa: E402
 
-from qadb.drivers import PySCFSettings, RelaxSettings, kmesh_for, load_mlip, pyscf_label, relax  # noqa: E402
+from qadb.drivers import PySCFSettings, RelaxSettings, input_hash, kmesh_for, load_mlip, pyscf_label, relax  # noqa: E402
+from qadb.drivers.results import Label  # noqa: E402
 from qadb.fidelity import slug  # noqa: E402
+from qadb.workflows import TrackedMaker, run_makers  # noqa: E402
 
 # Working goals: screening ~500 candidates per campaign cycle on a workstation; DFT labels within minutes.
 RELAX_TARGET_PER_MIN = {8: 20.0, 16: 10.0}
 PYSCF_TARGET_S = {2: 60.0, 4: 300.0, 8: 900.0}
+JOB_OVERHEAD_TARGET_MS = 50.0
+
+
+def trivial(structure, seed: int) -> Label:
+    """A job body that does no science: what remains of a tracked job's time is tracking."""
+    return Label(property="energy_per_atom", value=-1.0 - seed * 1e-3, units="eV/atom", fidelity="PBE", code="bench",
+                 code_version="0", parameters={"seed": seed}, converged=True, wall_time_s=0.0,
+                 input_hash=input_hash(structure, {"seed": seed}))
+
+
+@dataclass
+class TrivialMaker(TrackedMaker):
+    """`trivial` as a tracked job; `settings` (an int) makes every job distinct."""
+
+    kind: ClassVar[str] = "label"
+    name: str = "trivial"
+    settings: int = 0
+
+    def compute(self, store, jid, structure, extra) -> Label:
+        return trivial(structure, self.settings)
+
+
+def job_overhead(n: int) -> tuple[float, float]:
+    """(ms per job of tracking, ms per cached re-ask) on a fresh embedded store."""
+    from qadb.store import connect, ingest_records
+    from qadb.store.readers import RawRecord
+
+    with tempfile.TemporaryDirectory() as folder, connect(folder) as store:
+        ingest_records(store, [RawRecord(where="bench:0", fmt="dict", payload=si_cell(2).as_dict(), source="bench")])
+        from qadb.store.documents import StructureDoc
+
+        sid = StructureDoc.objects.first().id
+        run_makers(TrivialMaker(settings=-1), [sid], store=store)  # warm-up: imports, indexes, jobflow
+        structure = si_cell(2)
+        start = time.perf_counter()
+        for seed in range(n):
+            trivial(structure, seed)
+        bare = time.perf_counter() - start
+        start = time.perf_counter()
+        for seed in range(n):
+            (out,) = run_makers(TrivialMaker(settings=seed), [sid], store=store)
+            assert out.ok and not out.cached
+        tracked = time.perf_counter() - start
+        start = time.perf_counter()
+        for seed in range(n):
+            assert run_makers(TrivialMaker(settings=seed), [sid], store=store)[0].cached
+        cached = time.perf_counter() - start
+    return (tracked - bare) / n * 1000, cached / n * 1000
 
 
 def si_cell(natoms: int, seed: int = 0):
@@ -73,6 +131,13 @@ def main() -> None:
         notes[name] = note
         print(f"  {name}: {value:.3f} {unit}  ({note})", file=sys.stderr, flush=True)
 
+    n_jobs = 20 if args.quick else 200
+    overhead_ms, cached_ms = job_overhead(n_jobs)
+    put("job_overhead_ms", overhead_ms, "ms", JOB_OVERHEAD_TARGET_MS, "min",
+        f"tracked trivial job minus bare call, embedded store, {n_jobs} jobs (jobflow run_locally + record + blob + label)")
+    put("job_cached_ms", cached_ms, "ms", JOB_OVERHEAD_TARGET_MS, "min",
+        f"asking again for a completed job, embedded store, {n_jobs} jobs")
+
     models = ["chgnet"] if args.quick else ["chgnet", "sevennet-0"]
     for model in models:
         for natoms in (8, 16):
@@ -94,7 +159,8 @@ def main() -> None:
 
     env = {"python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
            "load_avg_1min_at_end": round(os.getloadavg()[0], 2), "threads": 1,
-           **{pkg: _version(pkg) for pkg in ("torch", "chgnet", "sevenn", "pyscf", "ase", "pymatgen")},
+           **{pkg: _version(pkg) for pkg in ("torch", "chgnet", "sevenn", "pyscf", "ase", "pymatgen", "jobflow",
+                                               "fireworks", "litemongo")},
            "notes": notes}
     out = {"area": "drivers", "quick": args.quick, "env": env, "metrics": metrics}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -31,3 +31,7 @@ class StoreLockedError(StoreError):
 
 class CheckpointError(QadbError):
     """A model checkpoint is missing, corrupt or of the wrong kind."""
+
+
+class JobError(QadbError):
+    """A tracked compute job failed or did not converge; its record stays in the store (`qadb jobs`)."""

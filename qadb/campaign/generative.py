@@ -91,7 +91,7 @@ class GeneratorSource:
         return standardise(self.structures.fingerprints(ids))
 
 
-def funnel(names: list[str], structures: _Structures):
+def funnel(names: list[str], structures: _Structures, accepts=None):
     """A filter over candidate ids built from `qadb.chem` stages (seed 000 constraints, SPP, C, M_LED)."""
     from qadb.chem import compactness_stage, constraints_stage, mled_stage, run_funnel, spp_stage
 
@@ -103,6 +103,8 @@ def funnel(names: list[str], structures: _Structures):
     stages = [makers[n]() for n in names]
 
     def apply(ids: list[str]) -> list[str]:
+        if accepts is not None:  # the labeller must be able to label what is selected
+            ids = [i for i, s in zip(ids, structures.get(ids)) if accepts(s)]
         if not stages or not ids:
             return ids
         with warnings.catch_warnings():
@@ -154,7 +156,22 @@ class ValidatorModel:
         return Prediction(base[:, 0], y_mf, sigma)
 
 
-class MLIPLabeller:
+class _ReferencedLabeller:
+    """Formation energies need an elemental reference for every element of a candidate."""
+
+    def accepts(self, structure) -> bool:
+        from qadb.drivers import reference_structure
+        from qadb.errors import InputError
+
+        try:
+            for el in structure.composition.elements:
+                reference_structure(str(el))
+        except InputError:
+            return False
+        return True
+
+
+class MLIPLabeller(_ReferencedLabeller):
     """Formation energy per atom at an MLIP level: relax the candidate and the elemental references
     with the same potential (tracked jobs, cached in the store), then E_f = (E − Σ nᵢμᵢ)/N."""
 
@@ -211,7 +228,7 @@ class MLIPLabeller:
         return float(value)
 
 
-class DFTLabeller:
+class DFTLabeller(_ReferencedLabeller):
     """Formation energy per atom from PySCF or VASP labelling jobs (qadb.workflows)."""
 
     def __init__(self, method: str, settings: dict):
@@ -242,7 +259,7 @@ def generative_parts(recipe: dict, cid: str) -> Parts:
     target = target_window(recipe, Window(None, 0.0))
     return Parts(source=GeneratorSource(recipe, cid, structures), model=ValidatorModel(recipe, structures),
                  labeller=labeller, target=target, hit=hit_rule(recipe, HitRule(min=target.min, max=target.max)),
-                 filters=funnel(recipe["filter"]["funnel"], structures), after_retrain=_generator_note)
+                 filters=funnel(recipe["filter"]["funnel"], structures, labeller.accepts), after_retrain=_generator_note)
 
 
 def _generator_note(cycle: int, labelled: dict[str, float]) -> list[str]:

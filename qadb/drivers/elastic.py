@@ -64,7 +64,7 @@ def _fixed_cell(structure: Structure, mlip: MLIP, settings: RelaxSettings) -> tu
     """Relax ions inside a fixed cell; return energy (eV), Voigt stress (GPa), converged."""
     atoms = AseAtomsAdaptor.get_atoms(structure)
     atoms.calc = mlip.calculator()
-    converged, _ = optimize(atoms, settings.optimizer, settings.fmax, settings.steps, relax_cell=False)
+    converged, _, _ = optimize(atoms, settings.optimizer, settings.fmax, settings.steps, relax_cell=False)
     energy, _, stress = evaluate(atoms)
     return energy, stress, converged
 

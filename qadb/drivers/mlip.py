@@ -8,9 +8,11 @@ offline from weights its wheel bundles (CHGNet, SevenNet) or from a checkpoint f
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.metadata
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,7 +136,8 @@ def load_mlip(name: str, *, head: str | None = None, checkpoint: str | None = No
 
 @functools.lru_cache(maxsize=None)
 def _load_cached(key: str, head: str | None, checkpoint: str | None, device: str) -> MLIP:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the MLIP packages warn about optional accelerators on import
+    # the MLIP packages warn about optional accelerators and print banners: keep stdout for results
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+        warnings.simplefilter("ignore")
         return _LOADERS[key](key, head, checkpoint, device)
 

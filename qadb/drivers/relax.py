@@ -60,12 +60,50 @@ class RelaxSettings:
         return load_mlip(self.model, head=self.head, checkpoint=self.checkpoint, device=device)
 
 
-def optimize(atoms: Atoms, optimizer: str, fmax: float, steps: int, relax_cell: bool) -> tuple[bool, int]:
-    """Run the optimiser in place on `atoms` (calculator attached); return (converged, steps taken)."""
+class _Runaway(Exception):
+    """Raised inside the optimiser when a relaxation runs away (see `optimize`)."""
+
+
+# a cell filter can drive a bad prediction into a collapsing cell whose neighbour lists exhaust memory
+# (seen: a generated Zr2Ni cell shrinking 60 -> 6 Å^3 with CHGNet while its energy rose by 12 eV/atom)
+MIN_VOLUME_FRACTION = 0.35  # of the starting volume
+MIN_VOLUME_PER_ATOM = 2.0  # Å^3; no solid is denser
+MAX_ENERGY_RISE = 1.0  # eV/atom above the starting energy: the optimiser is climbing, not relaxing
+
+
+def optimize(atoms: Atoms, optimizer: str, fmax: float, steps: int, relax_cell: bool,
+             trajectory: list[dict] | None = None) -> tuple[bool, int, str | None]:
+    """Run the optimiser in place on `atoms` (calculator attached); return (converged, steps taken, why not).
+
+    A run whose cell collapses or whose energy climbs is stopped early and reported unconverged
+    with the reason. `trajectory`, when given, receives one frame per step (energy, cell, positions).
+    """
     target = FrechetCellFilter(atoms) if relax_cell else atoms
     opt = _OPTIMIZERS[optimizer](target, logfile=None)
-    converged = bool(opt.run(fmax=fmax, steps=steps))
-    return converged, int(opt.nsteps)
+    n = len(atoms)
+    v0, e0 = atoms.get_volume(), atoms.get_potential_energy() / n
+
+    def guard() -> None:
+        v, e = atoms.get_volume(), atoms.get_potential_energy() / n
+        if v < MIN_VOLUME_FRACTION * v0 or v / n < MIN_VOLUME_PER_ATOM:
+            raise _Runaway(f"cell collapsed ({v0:.1f} -> {v:.1f} Å^3)")
+        if e > e0 + MAX_ENERGY_RISE:
+            raise _Runaway(f"energy rose by {e - e0:.2f} eV/atom")
+
+    opt.attach(guard, interval=1)
+    if trajectory is not None:
+        opt.attach(lambda: trajectory.append(_frame(atoms)), interval=1)
+    try:
+        converged = bool(opt.run(fmax=fmax, steps=steps))
+    except _Runaway as exc:
+        return False, int(opt.nsteps), str(exc)
+    return converged, int(opt.nsteps), None
+
+
+def _frame(atoms: Atoms) -> dict:
+    """One trajectory frame from the calculator's cached results (no extra evaluation)."""
+    return {"energy_eV": float(atoms.get_potential_energy()), "cell": atoms.cell.array.tolist(),
+            "positions": atoms.positions.tolist()}
 
 
 def evaluate(atoms: Atoms) -> tuple[float, np.ndarray, np.ndarray]:
@@ -85,11 +123,12 @@ def structure_changed(initial: Structure, final: Structure, settings: RelaxSetti
 
 
 def relax(structure: Any, settings: RelaxSettings = RelaxSettings(), *, device: str = "cpu", threads: int | None = 1,
-          allow_unconverged: bool = False) -> RelaxResult:
+          allow_unconverged: bool = False, trajectory: list[dict] | None = None) -> RelaxResult:
     """Relax positions (and the cell unless `relax_cell=False`) with the MLIP named in `settings`.
 
     `threads`: BLAS/OpenMP/torch threads during the run (see `limit_threads`); `allow_unconverged`
-    returns an unconverged result (flagged `converged=False`) instead of raising `ConvergenceError`.
+    returns an unconverged result (flagged `converged=False`) instead of raising `ConvergenceError`;
+    `trajectory`: a list that receives one frame per optimiser step (the workflows store it in GridFS).
     """
     initial = checked(structure)
     mlip = settings.mlip(device)
@@ -97,7 +136,8 @@ def relax(structure: Any, settings: RelaxSettings = RelaxSettings(), *, device: 
     atoms.calc = mlip.calculator()
     start = time.perf_counter()
     with limit_threads(threads):
-        converged, steps = optimize(atoms, settings.optimizer, settings.fmax, settings.steps, settings.relax_cell)
+        converged, steps, runaway = optimize(atoms, settings.optimizer, settings.fmax, settings.steps,
+                                             settings.relax_cell, trajectory)
         energy, forces, stress = evaluate(atoms)
     wall = time.perf_counter() - start
     atoms.calc = None
@@ -127,7 +167,8 @@ def relax(structure: Any, settings: RelaxSettings = RelaxSettings(), *, device: 
     )
     if not converged and not allow_unconverged:
         raise ConvergenceError(
-            f"relaxation of {initial.composition.reduced_formula} with {mlip.fidelity} not converged to "
-            f"fmax={settings.fmax} eV/Å in {settings.steps} steps", result)
+            f"relaxation of {initial.composition.reduced_formula} with {mlip.fidelity} "
+            + (f"stopped: {runaway}" if runaway else
+               f"not converged to fmax={settings.fmax} eV/Å in {settings.steps} steps"), result)
     return result
 

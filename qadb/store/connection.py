@@ -95,6 +95,8 @@ class Store:
             raise StoreError(f"store {self.display_uri} was opened read-only; refusing to write")
 
     def close(self) -> None:
+        if _OPEN and _OPEN[-1] is self:
+            _OPEN.pop()
         mongoengine.disconnect(alias=ALIAS)
         try:
             self.client.close()
@@ -128,6 +130,14 @@ def _db_name(uri: str) -> str:
     return name or os.environ.get("QADB_DB", config.DEFAULT_DB)
 
 
+_OPEN: list[Store] = []
+
+
+def current() -> Store | None:
+    """The store this process opened last and has not closed (what documents read and write now)."""
+    return _OPEN[-1] if _OPEN else None
+
+
 def connect(uri: str | None = None, *, read_only: bool = False, timeout_ms: int = 5000) -> Store:
     """Open the store named by `uri` (see `qadb.config.store_uri` for the default).
 
@@ -136,9 +146,9 @@ def connect(uri: str | None = None, *, read_only: bool = False, timeout_ms: int 
     """
     uri = config.store_uri(uri)
     mongoengine.disconnect(alias=ALIAS)
-    if is_server_uri(uri):
-        return _connect_server(uri, read_only, timeout_ms)
-    return _connect_embedded(uri, read_only)
+    store = _connect_server(uri, read_only, timeout_ms) if is_server_uri(uri) else _connect_embedded(uri, read_only)
+    _OPEN[:] = [store]
+    return store
 
 
 def _connect_server(uri: str, read_only: bool, timeout_ms: int) -> Store:

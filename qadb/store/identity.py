@@ -48,6 +48,16 @@ class Identity:
     def material_id(self) -> str:
         return MATERIAL_ID_PREFIX + self.struct_hash[:12]
 
+    def document_fields(self) -> dict:
+        """The `StructureDoc` fields that follow from the structure alone (ingest and jobs add the rest)."""
+        return dict(
+            structure=self.structure, formula=self.formula, formula_pretty=self.formula_pretty,
+            chemsys=self.chemsys, elements=self.elements, nelements=len(self.elements), nsites=self.nsites,
+            spacegroup=self.spacegroup, spacegroup_symbol=self.spacegroup_symbol, volume=self.volume,
+            volume_per_atom=self.volume_per_atom, density=self.density, dedupe_key=self.dedupe_key,
+            struct_hash=self.struct_hash,
+        )
+
 
 def check_structure(structure: Structure) -> None:
     """Reject what the store cannot hold: unknown elements, disorder, empty or overlapping cells."""

@@ -258,11 +258,7 @@ class _Planner:
     def _new(self, mid: str, item: Analysed, order: int, member: Member, *, flags=(), restore=None) -> None:
         ident, rec = item.identity, item.record
         fields = dict(
-            id=mid, structure=ident.structure, formula=ident.formula, formula_pretty=ident.formula_pretty,
-            chemsys=ident.chemsys, elements=ident.elements, nelements=len(ident.elements), nsites=ident.nsites,
-            spacegroup=ident.spacegroup, spacegroup_symbol=ident.spacegroup_symbol, volume=ident.volume,
-            volume_per_atom=ident.volume_per_atom, density=ident.density, dedupe_key=ident.dedupe_key,
-            struct_hash=ident.struct_hash, source_ids=[rec.source_id] if rec.source_id else [],
+            id=mid, **ident.document_fields(), source_ids=[rec.source_id] if rec.source_id else [],
             members=[member], experimental=rec.experimental, flags=sorted(flags), origin=member.origin,
         )
         if restore:

@@ -29,6 +29,8 @@ _CONVERSIONS: dict[tuple[str, str], float] = {
     ("GPa", "GPa"): 1.0,
     ("GPa", "Mbar"): 100.0,
     ("GPa", "kbar"): 0.1,
+    ("eV/Å", "eV/Å"): 1.0,
+    ("eV/Å", "eV/A"): 1.0,
     ("", ""): 1.0,
 }
 
@@ -56,6 +58,10 @@ PROPERTIES: dict[str, Property] = {
         Property("bulk_modulus", "GPa", 0.0, 1000.0, 5.0, "bulk modulus (VRH average or E-V fit)"),
         Property("shear_modulus", "GPa", -100.0, 1000.0, 5.0, "shear modulus (VRH average)"),
         Property("is_metal", "", 0.0, 1.0, 0.5, "1 if metallic at this fidelity"),
+        Property("max_force", "eV/Å", 0.0, 1e3, 0.01,
+                 "largest atomic force of a computed structure (the full forces are in its job's result)"),
+        Property("pressure", "GPa", -1e3, 1e3, 0.1,
+                 "-trace(stress)/3, positive = compressed (the full stress is in its job's result)"),
     )
 }
 
