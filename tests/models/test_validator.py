@@ -69,13 +69,13 @@ def _energies(model, structure):
     g = featurize(structure)
     with torch.no_grad():
         mu, var = model(collate([g], [0]))
-    return mu.numpy()[0], var.numpy()[0]
+    return mu.numpy()[:, 0], var.numpy()[:, 0]  # (members, levels)
 
 
-def _model(levels=3, stop_grad=True):
-    torch.manual_seed(0)
+def _model(levels=3, stop_grad=True, members=2, seed=0, trunk_from_root=False):
+    torch.manual_seed(seed)
     cfg = default_config([f"l{i}" for i in range(levels)], [-1] + list(range(levels - 1)))
-    cfg["stop_grad"] = stop_grad
+    cfg.update(stop_grad=stop_grad, n_members=members, trunk_from_root=trunk_from_root, n_features=16, hidden=8)
     m = MFENNP(cfg)
     with torch.no_grad():  # make heads non-trivial
         m.head_w2.normal_(0, 0.3)
@@ -108,20 +108,91 @@ def test_gradient_stopping_low_loss_leaves_high_head_untouched():
 
     b = collate([featurize(_toy_structure())], [0])
     mu, var = model(b)
-    (mu[:, 0] ** 2 + torch.log(var[:, 0])).sum().backward()  # low-fidelity (root) loss
+    (mu[..., 0] ** 2 + torch.log(var[..., 0])).sum().backward()  # low-fidelity (root) loss
     for p in model.level_parameters(2):
         assert p.grad is not None
-        assert torch.count_nonzero(p.grad[2]) == 0, "low-fidelity loss reached a high-fidelity head"
-        assert torch.count_nonzero(p.grad[1]) == 0
-    assert model.embed.weight.grad.abs().sum() > 0  # the shared trunk does learn from low fidelity
+        assert torch.count_nonzero(p.grad[:, 2]) == 0, "low-fidelity loss reached a high-fidelity head"
+        assert torch.count_nonzero(p.grad[:, 1]) == 0
+    assert model.embed.grad.abs().sum() > 0  # the shared trunk does learn from low fidelity
 
     model.zero_grad()
     mu, var = model(b)
-    (mu[:, 2] ** 2).sum().backward()  # high-fidelity loss does not move the low-fidelity heads either
+    (mu[..., 2] ** 2).sum().backward()  # high-fidelity loss does not move the low-fidelity heads either
     for p in model.level_parameters(0):
-        assert torch.count_nonzero(p.grad[0]) == 0
-        assert torch.count_nonzero(p.grad[1]) == 0
+        assert torch.count_nonzero(p.grad[:, 0]) == 0
+        assert torch.count_nonzero(p.grad[:, 1]) == 0
     assert model.elem_ref.grad is None or torch.count_nonzero(model.elem_ref.grad) == 0
+
+
+def test_members_are_independent():
+    """The stacked ensemble is M separate networks: member 0's loss leaves member 1's weights alone,
+    and each member equals a 1-member model built from its slice of the weights."""
+    from qadb.models.validator.featurize import featurize
+
+    model = _model(levels=3, members=3).train()
+    b = collate([featurize(_toy_structure())], [0])
+    mu, var = model(b)
+    (mu[0] ** 2).sum().backward()
+    for p in model.parameters():
+        if p.grad is None:
+            continue
+        g = p.grad.movedim(model.member_axis(p), 0)
+        assert torch.count_nonzero(g[1:]) == 0
+    single = _model(levels=3, members=1)
+    params = dict(model.named_parameters())
+    sd = {}
+    for k, v in model.state_dict().items():
+        if k in params:
+            ax = model.member_axis(params[k])
+            v = v.narrow(ax, 1, 1)
+        sd[k] = v
+    single.load_state_dict(sd)
+    with torch.no_grad():
+        np.testing.assert_allclose(single.eval()(b)[0].numpy()[0], model.eval()(b)[0].numpy()[1], atol=1e-5)
+
+
+def test_trunk_from_root_keeps_high_levels_off_the_trunk():
+    from qadb.models.validator.featurize import featurize
+
+    model = _model(levels=3, trunk_from_root=True).train()
+    mu, _ = model(collate([featurize(_toy_structure())], [0]))
+    (mu[..., 2] ** 2).sum().backward()
+    assert model.embed.grad is None or torch.count_nonzero(model.embed.grad) == 0
+    assert torch.count_nonzero(model.head_w1.grad[:, 2]) > 0
+
+
+def test_graph_bank_batch_equals_collate():
+    from qadb.models.validator.featurize import featurize
+    from qadb.models.validator.net import GraphBank
+
+    gs = [featurize(_toy_structure()), featurize(_toy_structure().as_dict()), featurize(_toy_structure())]
+    gs[1] = {k: v[: len(v)] for k, v in gs[1].items()}
+    bank = GraphBank.from_graphs(gs)
+    a, b = bank.batch([2, 0]), collate(gs, [2, 0])
+    for k in ("z", "src", "dst", "dist", "batch"):
+        assert torch.equal(a[k], b[k])
+
+
+def test_bootstrap_counts_and_weighted_loss():
+    from qadb.models.validator.train import bootstrap_counts, ensemble_loss
+
+    lv = np.array([0] * 50 + [1] * 10)
+    c = bootstrap_counts(lv, 3, seed=0)
+    assert c.shape == (3, 60)
+    np.testing.assert_allclose(c[:, :50].sum(1), 50)  # resampled per level, same count
+    np.testing.assert_allclose(c[:, 50:].sum(1), 10)
+    assert not np.allclose(c[0], c[1])
+    # weighted MSE per member and level equals the MSE over the resampled rows
+    mu = torch.randn(3, 60, 2)
+    var = torch.ones(3, 60, 2)
+    y = torch.randn(60)
+    loss, per = ensemble_loss(mu, var, y, torch.as_tensor(lv), torch.as_tensor(c), torch.tensor([0.1, 1.0]), 1.0, True)
+    expect = 0.0
+    for m in range(3):
+        for l, w in ((0, 0.1), (1, 1.0)):
+            rows = np.repeat(np.where(lv == l)[0], c[m, lv == l].astype(int))
+            expect += w * float(((mu[m, rows, l] - y[rows]) ** 2).mean())
+    assert float(loss) == pytest.approx(expect, rel=1e-5)
 
 
 def test_without_stop_grad_high_loss_reaches_low_head():
@@ -129,8 +200,8 @@ def test_without_stop_grad_high_loss_reaches_low_head():
     from qadb.models.validator.featurize import featurize
 
     mu, _ = model(collate([featurize(_toy_structure())], [0]))
-    (mu[:, 1] ** 2).sum().backward()
-    assert torch.count_nonzero(model.head_w2.grad[0]) > 0
+    (mu[..., 1] ** 2).sum().backward()
+    assert torch.count_nonzero(model.head_w2.grad[:, 0]) > 0
 
 
 def test_checkpoint_roundtrip_and_corrupt(tmp_path):
@@ -138,9 +209,9 @@ def test_checkpoint_roundtrip_and_corrupt(tmp_path):
 
     m = _model()
     p = tmp_path / "v.pt"
-    save_checkpoint(p, "validator", m.config, [m, m], {"calibration": {"sigma_scale": 1.5}})
+    save_checkpoint(p, "validator", m.config, [m], {"calibration": {"sigma_scale": 1.5}})
     members, cfg, extra = load_checkpoint(p, "validator")
-    assert len(members) == 2 and extra["calibration"]["sigma_scale"] == 1.5
+    assert len(members) == 1 and members[0].n_members == 2 and extra["calibration"]["sigma_scale"] == 1.5
     s = _toy_structure()
     np.testing.assert_allclose(_energies(members[0], s)[0], _energies(m, s)[0], atol=1e-6)
     with pytest.raises(CheckpointError, match="kind"):
@@ -164,8 +235,10 @@ def test_predict_end_to_end(tmp_path):
 
     m = _model()
     p = tmp_path / "v.pt"
-    save_checkpoint(p, "validator", m.config, [m, _model()], {"calibration": {"sigma_scale": 2.0}})
+    save_checkpoint(p, "validator", m.config, [m], {"calibration": {"sigma_scale": 2.0}, "divergence_low_level": "l1"})
     out = predict([_toy_structure(), _toy_structure().as_dict()], checkpoint=p, proxy_checkpoint=False)
+    assert out["low_level"] == "l1"
+    np.testing.assert_allclose(out["E_PBE"], out["energies"]["l1"])
     assert set(out["energies"]) == {"l0", "l1", "l2"}
     np.testing.assert_allclose(out["E_MF"], out["energies"]["l2"])
     np.testing.assert_allclose(out["sigma_MF"], 2.0 * out["sigma_MF_raw"])
@@ -207,3 +280,112 @@ def test_linear_correction_and_cokriging_recover_synthetic():
     err_ck = np.abs(ck.predict(f[150:], X[150:]) - y[150:]).mean()
     err_lc = np.abs(lc.predict(f[150:]) - y[150:]).mean()
     assert err_ck < err_lc
+
+
+# ------------------------------------------------------------------ CLI: qadb train validator/proxy, qadb predict
+
+SAMPLES = __import__("pathlib").Path(__file__).resolve().parents[2] / "qadb" / "data" / "samples"
+
+
+def _cli(capsys, *args):
+    from qadb.cli import main
+
+    code = 0
+    try:
+        main(list(args))
+    except SystemExit as exc:
+        code = exc.code or 0
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def _small_checkpoint(path):
+    from qadb.models.validator.api import hierarchy_levels
+    from qadb.models.validator.train import save_checkpoint
+
+    levels, parents = hierarchy_levels("full")
+    torch.manual_seed(0)
+    cfg = default_config(levels, parents)
+    cfg.update(n_members=2, n_features=8, hidden=4, n_shared=1)
+    save_checkpoint(path, "validator", cfg, [MFENNP(cfg).eval()],
+                    {"calibration": {"sigma_scale": 1.0}, "divergence_low_level": "PBE+U/FERE"})
+    return path
+
+
+def test_cli_predict_files_jsonl_and_table(tmp_path, capsys):
+    import json
+
+    ck = _small_checkpoint(tmp_path / "v.pt")
+    code, out, err = _cli(capsys, "--store", str(tmp_path / "st"), "predict", str(SAMPLES / "MgO.cif"),
+                          "--cif", str(SAMPLES / "Si.cif"), "--checkpoint", str(ck), "--no-proxy", "--output", "jsonl")
+    assert code == 0, err
+    rows = [json.loads(x) for x in out.splitlines()]
+    assert [r["formula"] for r in rows] == ["MgO", "Si"]
+    r = rows[0]
+    assert set(r["energies"]) >= {"PBE+U", "r2SCAN", "EXP"} and r["low_level"] == "PBE+U/FERE"
+    assert r["D_abs"] == pytest.approx(abs(r["E_PBE"] - r["E_MF"]), abs=1e-6)
+    assert r["E_MF"] == pytest.approx(r["energies"]["EXP"], abs=1e-6)
+    code, out, err = _cli(capsys, "--store", str(tmp_path / "st"), "predict", str(SAMPLES / "NaCl.cif"),
+                          "--checkpoint", str(ck), "--no-proxy", "--all-levels")
+    assert code == 0 and "MF-ENNP predictions" in out, err
+
+
+def test_cli_predict_bad_inputs_are_one_line_errors(tmp_path, capsys):
+    ck = _small_checkpoint(tmp_path / "v.pt")
+    st = str(tmp_path / "st")
+    bad = tmp_path / "broken.cif"
+    bad.write_text("data_x\nnot a cif\n")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x80garbage")
+    assert _cli(capsys, "--store", st, "ingest", str(SAMPLES / "Si.cif"))[0] == 0
+    for args, needle in (((str(bad), "--checkpoint", str(ck)), "broken.cif"),
+                         ((str(SAMPLES / "Si.cif"), "--checkpoint", str(corrupt)), "corrupt.pt"),
+                         (("qadb-doesnotexist", "--checkpoint", str(ck)), "unknown structure id"),
+                         (("--checkpoint", str(tmp_path / "missing.pt"), str(SAMPLES / "Si.cif")), "not found"),
+                         ((), "nothing to predict")):
+        code, out, err = _cli(capsys, "--store", st, "predict", "--no-proxy", *args)
+        lines = [x for x in err.splitlines() if x.strip()]
+        assert code != 0 and len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], (args, err)
+
+
+def test_cli_predict_stored_ids_and_register_checkpoint(tmp_path, capsys):
+    import json
+
+    st = str(tmp_path / "st")
+    code, _, err = _cli(capsys, "--store", st, "ingest", str(SAMPLES / "MgO.cif"), str(SAMPLES / "Si.cif"))
+    assert code == 0, err
+    code, out, _ = _cli(capsys, "--store", st, "query", "--output", "jsonl")
+    ids = {json.loads(x)["formula_pretty"]: json.loads(x)["material_id"] for x in out.splitlines()}
+    ck = _small_checkpoint(tmp_path / "v.pt")
+    code, out, err = _cli(capsys, "--store", st, "train", "validator", "--register-existing", str(ck))
+    assert code == 0, err
+    cid = out.split(" as ")[-1].strip()
+    assert cid.startswith("validator@")
+    code, out, err = _cli(capsys, "--store", st, "predict", ids["MgO"], "--checkpoint", cid, "--no-proxy",
+                          "--output", "jsonl")
+    assert code == 0, err
+    assert json.loads(out.splitlines()[0])["id"] == ids["MgO"]
+
+
+def test_cli_train_validator_from_bundle(tmp_path, capsys):
+    """`qadb train validator --bundle` trains, writes a checkpoint, logs a line, registers with lineage."""
+    import json
+
+    from qadb.models.validator.data import export_bundle
+
+    cifs = {p.stem: p.read_text() for p in SAMPLES.glob("*.cif")}
+    recs = []
+    for i, (name, cif) in enumerate(sorted(cifs.items())):
+        formula = {"TiO2-rutile": "TiO2"}.get(name, name)
+        for lvl, v in (("PBE+U", -1.0 - 0.2 * i), ("r2SCAN", -1.1 - 0.2 * i), ("EXP", -1.2 - 0.2 * i)):
+            recs.append({"key": f"t:{name}:{lvl}", "structure": cif, "level": lvl, "value": v,
+                         "formula": formula, "source": "fere_exp" if lvl == "EXP" else "test"})
+    bundle = tmp_path / "b.npz"
+    export_bundle(bundle, records=recs, gap_records=[])
+    st, ck, log = str(tmp_path / "st"), tmp_path / "v.pt", tmp_path / "log.jsonl"
+    code, out, err = _cli(capsys, "--store", st, "train", "validator", "--bundle", str(bundle), "--steps", "3",
+                          "--members", "2", "-o", str(ck), "--log", str(log))
+    assert code == 0, err
+    assert ck.exists() and "registered as validator@" in out
+    entry = json.loads(log.read_text().splitlines()[-1])
+    assert entry["steps"] == 3 and entry["config"]["n_members"] == 2 and entry["data_hash"]

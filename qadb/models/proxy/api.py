@@ -86,84 +86,41 @@ def _arrays(records, gindex):
 
 
 def train_proxy(records=None, *, steps: int = 1500, batch: int = 64, lr: float = 3e-3, seed: int = 0,
-                checkpoint=None, log=DEFAULT_LOG, cache=None, verbose: bool = True) -> dict:
+                checkpoint=None, log=DEFAULT_LOG, cache=None, verbose: bool = True, device: str = "cpu",
+                time_budget_s: float | None = None) -> dict:
     """Train Φ_Q (Huber loss on every observed gap + BCE on PBE metallicity); evaluate on the test split."""
-    import torch
-
-    from qadb.models.proxy.net import PhiQ, collate, default_config
-    from qadb.models.validator.data import data_hash as _unused  # noqa: F401
+    from qadb.models.proxy.net import default_config
+    from qadb.models.proxy.train import gap_metrics, predict_phiq, train_phiq
     from qadb.models.validator.data import featurize_records
     from qadb.models.validator.train import save_checkpoint
 
     t0 = time.time()
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
     records = records if records is not None else staged_gap_records()
     cfg = default_config(GAP_LEVELS)
     graphs, gindex = featurize_records(records, cache=cache, cutoff=cfg["cutoff"], max_neighbors=cfg["max_neighbors"])
     A = _arrays(records, gindex)
-    tr = np.where(A["split"] == "train")[0]
-    # oversample rows with a non-PBE gap so the scarce fidelities are seen every step
-    rich = tr[np.isfinite(A["y"][tr, 1:]).any(1)]
-    model = PhiQ(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-5)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    losses = []
-    model.train()
-    for step in range(steps):
-        rows = np.concatenate([rng.choice(tr, batch - batch // 4), rng.choice(rich, batch // 4)])
-        b = collate(graphs, A["graph"][rows])
-        y = torch.as_tensor(A["y"][rows])
-        gaps, logit = model(b)
-        mask = torch.isfinite(y)
-        loss = torch.nn.functional.huber_loss(gaps[mask], y[mask], delta=1.0)
-        pm = torch.isfinite(y[:, 0])
-        metal = (y[pm, 0] <= 1e-6).float()
-        loss = loss + 0.5 * torch.nn.functional.binary_cross_entropy_with_logits(logit[pm], metal)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        opt.step()
-        sched.step()
-        if step % 100 == 0 or step == steps - 1:
-            losses.append([step, float(loss)])
-            if verbose:
-                print(f"proxy step {step}/{steps} loss {float(loss):.4f} {time.time() - t0:.0f}s", flush=True)
-    model.eval()
+    model, losses, secs, done = train_phiq(graphs, A, cfg, steps=steps, batch=batch, lr=lr, seed=seed,
+                                           time_budget_s=time_budget_s, device=device, verbose=verbose)
     te = np.where(A["split"] == "test")[0]
-    q = _predict_graphs(model, [graphs[i] for i in A["graph"][te]])
-    metrics = {}
-    for k, l in enumerate(GAP_LEVELS):
-        m = np.isfinite(A["y"][te, k])
-        metrics[f"proxy_gap_mae_{fidelity.slug(l)}_ev"] = float(np.mean(np.abs(q[m, k] - A["y"][te, k][m])))
-        metrics[f"n_test_{fidelity.slug(l)}"] = int(m.sum())
-    m = np.isfinite(A["y"][te, 0])
-    metrics["proxy_metal_accuracy"] = float(np.mean((q[m, -1] > 0.5) == (A["y"][te, 0][m] <= 1e-6)))
-    metrics["metal_fraction_test"] = float(np.mean(A["y"][te, 0][m] <= 1e-6))
+    q = predict_phiq(model, [graphs[i] for i in A["graph"][te]])
+    metrics = gap_metrics(q, A["y"][te], GAP_LEVELS, fidelity.slug)
     h = __import__("hashlib").sha256(np.nan_to_num(A["y"], nan=-1).tobytes() + "|".join(r["key"] for r in records).encode()).hexdigest()[:16]
     res = {"model": model, "config": cfg, "metrics": metrics, "counts": gap_counts(records), "data_hash": h,
            "seconds": time.time() - t0}
     if checkpoint:
         res["checkpoint_bytes"] = save_checkpoint(checkpoint, KIND, cfg, [model], {"q_names": Q_NAMES, "metrics": metrics, "data_hash": h})
     _log_line(log, {"run": "proxy", "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "config": cfg,
-                    "train_config": {"steps": steps, "batch": batch, "lr": lr}, "seed": seed, "data_hash": h,
-                    "n_train": int(len(tr)), "steps": steps, "losses": losses, "metrics": metrics,
-                    "counts": res["counts"], "checkpoint": str(checkpoint) if checkpoint else None, "env": _env(),
-                    "seconds": res["seconds"]})
+                    "train_config": {"steps": steps, "batch": batch, "lr": lr, "time_budget_s": time_budget_s},
+                    "seed": seed, "data_hash": h, "n_train": int((A["split"] == "train").sum()), "steps": done,
+                    "losses": losses, "metrics": metrics, "counts": res["counts"],
+                    "checkpoint": str(checkpoint) if checkpoint else None, "env": _env(), "seconds": res["seconds"]})
     return res
 
 
 def _predict_graphs(model, graphs, batch_size: int = 256) -> np.ndarray:
-    import torch
+    from qadb.models.proxy.train import predict_phiq
 
-    from qadb.models.proxy.net import collate
-
-    out = []
-    with torch.no_grad():
-        for s in range(0, len(graphs), batch_size):
-            gaps, logit = model(collate(graphs, range(s, min(s + batch_size, len(graphs)))))
-            out.append(torch.cat([gaps, torch.sigmoid(logit)[:, None]], 1).numpy())
-    return np.concatenate(out) if out else np.zeros((0, len(Q_NAMES)), np.float32)
+    return predict_phiq(model, graphs, batch_size)
 
 
 _CACHE: dict = {}
@@ -180,12 +137,14 @@ def load_proxy(checkpoint=None):
     return _CACHE[key]
 
 
-def predict_q_graphs(structures, checkpoint=None):
-    """(q array (n, 5), names) for pymatgen structures / dicts / CIF strings."""
+def predict_q_graphs(structures, checkpoint=None, graphs=None):
+    """(q array (n, 5), names) for pymatgen structures / dicts / CIF strings (or given graphs made
+    with the proxy's cutoff and neighbour count)."""
     from qadb.models.validator.featurize import featurize
 
     members, cfg, _ = load_proxy(checkpoint)
-    graphs = [featurize(s, cfg["cutoff"], cfg["max_neighbors"]) for s in structures]
+    if graphs is None:
+        graphs = [featurize(s, cfg["cutoff"], cfg["max_neighbors"]) for s in structures]
     return _predict_graphs(members[0], graphs), list(Q_NAMES)
 
 

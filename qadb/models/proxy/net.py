@@ -33,8 +33,8 @@ class PhiQ(nn.Module):
     def forward(self, batch: dict):
         g, n = batch["batch"], int(batch["n_graphs"])
         h, _, _ = encode(self.embed, self.rbf, self.blocks, batch, self.norm)
-        cnt = torch.zeros(n, dtype=h.dtype).index_add_(0, g, torch.ones_like(g, dtype=h.dtype)).clamp_min(1)
-        mean = torch.zeros(n, h.shape[1], dtype=h.dtype).index_add_(0, g, h) / cnt[:, None]
-        mx = torch.full((n, h.shape[1]), -1e9, dtype=h.dtype).scatter_reduce(0, g[:, None].expand_as(h), h, "amax")
+        cnt = torch.zeros(n, dtype=h.dtype, device=h.device).index_add_(0, g, torch.ones_like(g, dtype=h.dtype)).clamp_min(1)
+        mean = torch.zeros(n, h.shape[1], dtype=h.dtype, device=h.device).index_add_(0, g, h) / cnt[:, None]
+        mx = torch.full((n, h.shape[1]), -1e9, dtype=h.dtype, device=h.device).scatter_reduce(0, g[:, None].expand_as(h), h, "amax")
         o = self.head(torch.cat([mean, mx], 1))
         return torch.nn.functional.softplus(o[:, : self.k]), o[:, self.k]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from qadb import fidelity
-from qadb.errors import CheckpointError, InputError
+from qadb.errors import InputError
 from qadb.models.validator import data as D
 from qadb.models.validator import uncertainty as U
 
@@ -22,6 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_CHECKPOINT = REPO_ROOT / "qadb" / "data" / "checkpoints" / "validator_mfennp.pt"
 DEFAULT_LOG = REPO_ROOT / "train_logs" / "validator.jsonl"
 KIND = "validator"
+ALL_LEVELS = list(D.LEVEL_FIDELITY)
 
 
 def hierarchy_levels(hierarchy: str | dict) -> tuple[list[str], list[int]]:
@@ -64,63 +65,108 @@ def _env() -> dict:
             "machine": platform.machine(), "threads": torch.get_num_threads()}
 
 
-def train_validator(records: list[dict] | None = None, *, hierarchy: str | dict = "full", n_members: int = 5,
-                    steps: int = 800, seed: int = 0, checkpoint: str | Path | None = None,
+def train_validator(records: list[dict] | None = None, *, bundle=None, hierarchy: str | dict = "full",
+                    n_members: int = 5, steps: int = 20000, time_budget_s: float | None = None, seed: int = 0,
+                    device: str = "cpu", checkpoint: str | Path | None = None, state_path: str | Path | None = None,
                     log: str | Path | None = DEFAULT_LOG, cache: str | Path | None = None,
                     max_root: int | None = None, model_overrides: dict | None = None,
                     train_overrides: dict | None = None, verbose: bool = True, run_name: str = "validator",
                     level_weights: dict | None = None) -> dict:
     """Train a bootstrap deep ensemble of MF-ENNP members and evaluate it on the held-out split.
 
-    Returns ``{"members", "config", "levels", "metrics", "calibration", "data_hash", "counts", ...}``.
+    Data: ``records`` (see `data`), or ``bundle`` (a `data.export_bundle` file, or the tuple
+    `data.load_bundle` returns), else the staged datasets. Returns ``{"members", "config", "levels",
+    "metrics", "calibration", "data_hash", ...}``; appends one JSON line to ``log``.
     """
-    import torch
-
-    from qadb.models.validator.net import default_config
-    from qadb.models.validator.train import default_train_config, save_checkpoint, train_ensemble
-
     t0 = time.time()
-    records = records if records is not None else D.staged_formation_records(max_root=max_root, seed=seed)
+    if bundle is not None:
+        bank, items, _, meta = D.load_bundle(bundle, device) if isinstance(bundle, (str, Path)) else bundle
+        graphs, counts, dhash = bank, None, meta["data_hash"]
+    else:
+        records = records if records is not None else D.staged_formation_records(max_root=max_root, seed=seed)
+        mc = {"cutoff": 5.0, "max_neighbors": 16}
+        mc.update({k: v for k, v in (model_overrides or {}).items() if k in mc})
+        graphs, gindex = D.featurize_records(records, cache=cache, cutoff=mc["cutoff"], max_neighbors=mc["max_neighbors"])
+        items = D.to_arrays(records, gindex, ALL_LEVELS)
+        counts, dhash = D.counts(records), D.data_hash(items)
+    res = fit_arrays(graphs, items, hierarchy=hierarchy, n_members=n_members, steps=steps,
+                     time_budget_s=time_budget_s, seed=seed, device=device, model_overrides=model_overrides,
+                     train_overrides=train_overrides, verbose=verbose, level_weights=level_weights,
+                     state_path=state_path)
+    res.update({"data_hash": dhash, "counts": counts, "seconds": time.time() - t0})
+    extra = checkpoint_extra(res, hierarchy)
+    if checkpoint:
+        from qadb.models.validator.train import save_checkpoint
+
+        res["checkpoint_bytes"] = save_checkpoint(checkpoint, KIND, res["config"], res["members"], extra)
+        res["checkpoint"] = str(checkpoint)
+    _log_line(log, log_entry(res, run_name, hierarchy, seed))
+    return res
+
+
+def checkpoint_extra(res: dict, hierarchy) -> dict:
+    levels = res["levels"]
+    return {"levels": levels, "level_fidelity": {l: D.LEVEL_FIDELITY.get(l, l) for l in levels},
+            "calibration": res["calibration"], "data_hash": res["data_hash"], "metrics": res["metrics"],
+            "train_config": res["train_config"], "divergence_low_level": divergence_low_level(levels),
+            "hierarchy": hierarchy if isinstance(hierarchy, str) else "custom"}
+
+
+def log_entry(res: dict, run_name: str, hierarchy, seed: int) -> dict:
+    h = res["history"]
+    return {
+        "run": run_name, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "hierarchy": hierarchy if isinstance(hierarchy, str) else "custom", "config": res["config"],
+        "train_config": res["train_config"], "loss_weights": dict(zip(res["levels"], res["weights"])), "seed": seed,
+        "data_hash": res["data_hash"], "n_train_rows": res["n_train_rows"], "steps": h.get("steps_done"),
+        "train_seconds": h.get("seconds"), "loss_curve": h.get("loss"), "val_mae_curve": h.get("val"),
+        "mse_last": {res["levels"][int(k)]: v[-1][1] for k, v in h.get("mse", {}).items() if v},
+        "metrics": res["metrics"], "calibration": res["calibration"], "checkpoint": res.get("checkpoint"),
+        "env": _env(), "seconds": res.get("seconds"),
+    }
+
+
+def fit_arrays(graphs, items: dict, *, hierarchy="full", n_members=5, steps=20000, time_budget_s=None, seed=0,
+               device="cpu", model_overrides=None, train_overrides=None, verbose=True, level_weights=None,
+               state_path=None) -> dict:
+    """Train + evaluate on item arrays (levels indexed in `ALL_LEVELS`) and graphs (list or GraphBank).
+
+    torch/numpy only: this is what runs on the GPU machine."""
+    from qadb.models.validator.net import default_config
+    from qadb.models.validator.train import default_train_config, train_ensemble
+
     levels, parents = hierarchy_levels(hierarchy)
     mcfg = default_config(levels, parents)
     mcfg.update(model_overrides or {})
+    mcfg["n_members"] = int(n_members)
     tcfg = default_train_config()
-    tcfg.update({"steps": int(steps), "n_members": int(n_members)})
+    tcfg.update({"steps": int(steps), "n_members": int(n_members), "time_budget_s": time_budget_s})
     tcfg.update(train_overrides or {})
-    graphs, gindex = D.featurize_records(records, cache=cache, cutoff=mcfg["cutoff"],
-                                         max_neighbors=mcfg["max_neighbors"])
-    all_levels = list(D.LEVEL_FIDELITY)
-    items = D.to_arrays(records, gindex, all_levels)
-    lvl_map = np.array([levels.index(l) if l in levels else -1 for l in all_levels])
-    tr = (items["split"] == "train") & (lvl_map[items["level"]] >= 0)
-    train_items = {"graph": items["graph"][tr], "level": lvl_map[items["level"][tr]], "y": items["y"][tr]}
+    lvl_map = np.array([levels.index(l) if l in levels else -1 for l in ALL_LEVELS])
+
+    def subset(split):
+        m = (items["split"] == split) & (lvl_map[items["level"]] >= 0)
+        return {"graph": items["graph"][m], "level": lvl_map[items["level"][m]], "y": items["y"][m]}
+
+    train_items, val_items = subset("train"), subset("val")
     if len(train_items["y"]) == 0:
         raise InputError("no training rows for the requested hierarchy")
     weights = loss_weights(levels)
     if level_weights:
         weights = [float(level_weights.get(l, w)) for l, w in zip(levels, weights)]
     say = (lambda m: print(m, flush=True)) if verbose else None
-    members, hists = train_ensemble(graphs, train_items, mcfg, tcfg, weights, seed=seed, log=say)
-    result = evaluate(members, graphs, items, levels, records=records)
-    result.update({"members": members, "config": mcfg, "train_config": tcfg, "levels": levels,
-                   "data_hash": D.data_hash(items), "counts": D.counts(records), "seconds": time.time() - t0})
-    extra = {"levels": levels, "level_fidelity": {l: D.LEVEL_FIDELITY.get(l, l) for l in levels},
-             "calibration": result["calibration"], "data_hash": result["data_hash"],
-             "metrics": result["metrics"], "train_config": tcfg, "hierarchy": hierarchy if isinstance(hierarchy, str) else "custom"}
-    if checkpoint:
-        result["checkpoint_bytes"] = save_checkpoint(checkpoint, KIND, mcfg, members, extra)
-        result["checkpoint"] = str(checkpoint)
-    _log_line(log, {
-        "run": run_name, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "hierarchy": extra["hierarchy"],
-        "config": mcfg, "train_config": tcfg, "loss_weights": dict(zip(levels, weights)), "seed": seed,
-        "data_hash": result["data_hash"], "n_train_rows": int(len(train_items["y"])), "steps": int(tcfg["steps"]),
-        "losses": [{"member": i, "final_loss": h["loss"][-1][1], "seconds": h["seconds"],
-                    "mse_last": {levels[int(k)]: v[-1][1] for k, v in h["mse"].items()}} for i, h in enumerate(hists)],
-        "metrics": result["metrics"], "calibration": result["calibration"], "checkpoint": result.get("checkpoint"),
-        "env": _env(), "seconds": result["seconds"],
-    })
-    del torch
+    model, hist = train_ensemble(graphs, train_items, mcfg, tcfg, weights, seed=seed, log=say, device=device,
+                                 state_path=state_path, val_items=val_items)
+    result = evaluate([model], graphs, items, levels)
+    result.update({"members": [model.cpu()], "config": mcfg, "train_config": tcfg, "levels": levels,
+                   "weights": weights, "history": hist, "n_train_rows": int(len(train_items["y"]))})
     return result
+
+
+def divergence_low_level(levels: list[str]) -> str:
+    """The low-fidelity head that divergence compares E_MF with: the uncorrected PBE+U (FERE) head
+    when the hierarchy has it, else the root (MP PBE+U, which includes MP's fitted corrections)."""
+    return "PBE+U/FERE" if "PBE+U/FERE" in levels else levels[0]
 
 
 def _ens_level(mus, sigs, levels, level):
@@ -129,79 +175,103 @@ def _ens_level(mus, sigs, levels, level):
     return U.aggregate(mus[:, :, li], sigs[:, :, li])
 
 
-def evaluate(members, graphs, items, levels, records=None, split: str = "test", sigma_scale: float | None = None) -> dict:
-    """Held-out metrics: per-level MAE, ECE (raw and variance-scaled), divergence R², DFT baselines."""
-    from qadb.models.validator.train import predict_ensemble
+def evaluate(members, graphs, items, levels, split: str = "test", sigma_scale: float | None = None) -> dict:
+    """Held-out metrics: per-level MAE, ECE (raw and variance-scaled), divergence R², DFT baselines.
 
-    all_levels = list(D.LEVEL_FIDELITY)
-    used = np.unique(items["graph"][np.isin(items["split"], ["val", split] if sigma_scale is None else [split])])
-    sub = [graphs[i] for i in used]
-    pos = {int(g): k for k, g in enumerate(used)}
+    ``items["level"]`` indexes `ALL_LEVELS`; ``graphs`` is a list of graph dicts or a GraphBank.
+    ``sigma_scale=None`` fits the variance scale on the EXP validation rows."""
+    from qadb.models.validator.train import _Sub, predict_ensemble
+
+    splits = [split] if sigma_scale is not None else ["val", split]
+    used = np.unique(items["graph"][np.isin(items["split"], splits)])
+    sub = _Sub(graphs, used) if hasattr(graphs, "batch") else [graphs[i] for i in used]
     mus, sigs = predict_ensemble(members, sub)
-    top = levels[-1]
+    pos = {int(g): k for k, g in enumerate(used)}
     metrics, calib, extra = {}, {}, {}
+    ens = {l: _ens_level(mus, sigs, levels, l) for l in set(ALL_LEVELS) | set(levels)}
     preds = {}
-    for li, lname in enumerate(all_levels):
-        for sp in (("val", split) if sigma_scale is None else (split,)):
-            m = (items["level"] == li) & (items["split"] == sp)
-            if not m.any():
+    for li, lname in enumerate(ALL_LEVELS):
+        for sp in splits:
+            rows = np.where((items["level"] == li) & (items["split"] == sp))[0]
+            if len(rows) == 0:
                 continue
-            rows = np.where(m)[0]
-            e, s = _ens_level(mus, sigs, levels, lname)
             k = np.array([pos[int(g)] for g in items["graph"][rows]])
-            preds[(lname, sp)] = (rows, e[k], s[k], items["y"][rows])
-    for lname in all_levels:
+            e, s = ens[lname]
+            preds[(lname, sp)] = (rows, e[k], s[k], items["y"][rows], k)
+    for lname in ALL_LEVELS:
         if (lname, split) in preds:
-            rows, e, s, y = preds[(lname, split)]
+            rows, e, s, y, _ = preds[(lname, split)]
             metrics[f"mae_{D.level_slug(lname)}_ev_per_atom"] = float(np.mean(np.abs(e - y)))
             extra[f"n_test_{D.level_slug(lname)}"] = int(len(y))
-    # calibration of the top level (E_MF, sigma_MF) on EXP; scale fit on val
-    if ("EXP", split) in preds:
-        rows, e, s, y = preds[("EXP", split)]
-        metrics["ece_raw"] = U.ece(y, e, s)
-        scale = 1.0 if sigma_scale is None else float(sigma_scale)
-        if sigma_scale is None and ("EXP", "val") in preds and len(preds[("EXP", "val")][3]) >= 10:
-            _, ev, sv, yv = preds[("EXP", "val")]
-            scale = U.fit_sigma_scale(yv, ev, sv)
-        calib["sigma_scale"] = scale
-        metrics["ece"] = U.ece(y, e, scale * s)
-        metrics["mean_sigma_mf_ev_per_atom"] = float(np.mean(scale * s))
-        fere = np.array([str(src) == "fere_exp" for src in items["source"][rows]])
-        if fere.any():
-            metrics["mae_exp_fere_ev_per_atom"] = float(np.mean(np.abs(e[fere] - y[fere])))
-            extra["n_test_exp_fere"] = int(fere.sum())
-            extra["exp_fere_formulas"] = items["formula"][rows][fere].tolist()
-            extra["exp_fere_abs_err"] = np.abs(e[fere] - y[fere]).tolist()
-        extra["exp_test_abs_err"] = np.abs(e - y).tolist()
-        extra["exp_test_y"], extra["exp_test_mu"], extra["exp_test_sigma_raw"] = y.tolist(), e.tolist(), s.tolist()
-        extra["exp_test_keys"] = items["key"][rows].tolist()
-        # divergence vs actual low-high discrepancy on test compounds with an MP (root) label and an EXP label
-        rootp = preds.get((D.ROOT_LEVEL, split))
-        if rootp is not None:
-            root_y = {items["key"][r]: yy for r, yy in zip(rootp[0], rootp[3])}
-            sel = [i for i, r in enumerate(rows) if items["key"][r] in root_y]
-            if len(sel) >= 3:
-                sel = np.array(sel)
-                g = items["graph"][rows[sel]]
-                k = np.array([pos[int(x)] for x in g])
-                e_pbe, _ = _ens_level(mus, sigs, levels, D.ROOT_LEVEL)
-                d_abs, d_rel, d_sgn = U.divergence(e_pbe[k], e[sel], scale * s[sel])
-                actual = np.array([root_y[items["key"][rows[i]]] for i in sel]) - y[sel]
-                metrics["divergence_r2_abs"] = U.pearson_r2(d_abs, np.abs(actual))
-                metrics["divergence_r2_rel"] = U.pearson_r2(d_rel, np.abs(actual))
-                metrics["divergence_r2_sgn"] = U.pearson_r2(d_sgn, actual)
-                metrics["divergence_r2"] = metrics["divergence_r2_abs"]
-                extra["n_divergence"] = int(len(sel))
-    # DFT functionals themselves vs experiment on the same FERE test compounds (no model involved)
-    if records is not None and "exp_fere_formulas" in extra:
-        fset = set(extra["exp_fere_formulas"])
-        exp_by_f = {r["formula"]: r["value"] for r in records if r["level"] == "EXP" and r["source"] == "fere_exp"}
-        for lv in ("r2SCAN", "SCAN", "PBE+U/FERE"):
-            dft = {r["formula"]: r["value"] for r in records if r["level"] == lv and r["formula"] in fset}
-            if dft:
-                errs = [abs(dft[f] - exp_by_f[f]) for f in dft if f in exp_by_f]
+            if lname == D.ROOT_LEVEL:
+                mp20 = np.array([str(x).startswith("mp20") for x in items["source"][rows]])
+                if mp20.any():
+                    metrics["mae_pbe_u_mp20_ev_per_atom"] = float(np.mean(np.abs(e[mp20] - y[mp20])))
+                    extra["n_test_pbe_u_mp20"] = int(mp20.sum())
+    if ("EXP", split) not in preds:
+        return {"metrics": metrics, "calibration": calib, "extra": extra}
+    rows, e, s, y, k_exp = preds[("EXP", split)]
+    metrics["ece_raw"] = U.ece(y, e, s)
+    scale = 1.0 if sigma_scale is None else float(sigma_scale)
+    if sigma_scale is None and ("EXP", "val") in preds and len(preds[("EXP", "val")][3]) >= 10:
+        _, ev, sv, yv, _ = preds[("EXP", "val")]
+        scale = U.fit_sigma_scale(yv, ev, sv)
+    calib["sigma_scale"] = scale
+    metrics["ece"] = U.ece(y, e, scale * s)
+    metrics["mean_sigma_mf_ev_per_atom"] = float(np.mean(scale * s))
+    src = np.asarray(items["source"][rows]).astype(str)
+    fere = src == "fere_exp"
+    formulas = np.asarray(items["formula"][rows]).astype(str)
+    extra.update({"exp_test_abs_err": np.abs(e - y).tolist(), "exp_test_y": y.tolist(), "exp_test_mu": e.tolist(),
+                  "exp_test_sigma_raw": s.tolist(), "exp_test_keys": np.asarray(items["key"][rows]).astype(str).tolist(),
+                  "exp_test_fere": fere.tolist(), "sigma_scale": scale})
+    # the same test structures' per-level predictions (for Δ-learning / co-kriging on top, bench)
+    extra["exp_test_levels"] = {l: ens[l][0][k_exp].tolist() for l in levels}
+    if fere.any():
+        metrics["mae_exp_fere_ev_per_atom"] = float(np.mean(np.abs(e[fere] - y[fere])))
+        extra["n_test_exp_fere"] = int(fere.sum())
+        extra["exp_fere_formulas"] = formulas[fere].tolist()
+        # DFT functionals themselves vs experiment on the same FERE test compounds (no model involved)
+        by_level = {}
+        for lv in ("r2SCAN", "SCAN", "r2SCAN+U", "SCAN+U", "PBE+U/FERE"):
+            li = ALL_LEVELS.index(lv)
+            m = items["level"] == li
+            by_level[lv] = dict(zip(np.asarray(items["formula"][m]).astype(str), items["y"][m]))
+            errs = [abs(by_level[lv][f] - yy) for f, yy in zip(formulas[fere], y[fere]) if f in by_level[lv]]
+            if errs:
                 metrics[f"dft_{D.level_slug(lv)}_vs_exp_mae_fere_test_ev_per_atom"] = float(np.mean(errs))
+        # divergence on FERE: low = uncorrected PBE+U (Moore) DFT, high = experiment, same compounds
+        low = divergence_low_level(levels)
+        sel = np.array([f in by_level["PBE+U/FERE"] for f in formulas[fere]])
+        if sel.sum() >= 3:
+            fr = np.where(fere)[0][sel]
+            actual = np.array([by_level["PBE+U/FERE"][f] for f in formulas[fr]]) - y[fr]
+            _div_metrics(metrics, extra, "", ens[low][0][k_exp[fr]], e[fr], scale * s[fr], actual)
+            extra["divergence_low_level"] = low
+    # divergence on MP-20/MPTS compounds: low = MP PBE+U label (includes MP's fitted corrections)
+    rootp = preds.get((D.ROOT_LEVEL, split))
+    if rootp is not None:
+        root_y = dict(zip(np.asarray(items["key"][rootp[0]]).astype(str), rootp[3]))
+        keys = np.asarray(items["key"][rows]).astype(str)
+        sel = np.array([kk in root_y for kk in keys])
+        if sel.sum() >= 3:
+            actual = np.array([root_y[kk] for kk in keys[sel]]) - y[sel]
+            _div_metrics(metrics, extra, "_mp", ens[D.ROOT_LEVEL][0][k_exp[sel]], e[sel], scale * s[sel], actual)
     return {"metrics": metrics, "calibration": calib, "extra": extra}
+
+
+def _div_metrics(metrics, extra, suffix, e_low, e_mf, s_mf, actual):
+    """R² of D_abs and D_rel with |actual| and of D_sgn with the signed actual low-high discrepancy."""
+    d_abs, d_rel, d_sgn = U.divergence(e_low, e_mf, s_mf)
+    metrics[f"divergence_r2_abs{suffix}"] = U.pearson_r2(d_abs, np.abs(actual))
+    metrics[f"divergence_r2_rel{suffix}"] = U.pearson_r2(d_rel, np.abs(actual))
+    metrics[f"divergence_r2_sgn{suffix}"] = U.pearson_r2(d_sgn, actual)
+    vals = [metrics[f"divergence_r2_{v}{suffix}"] for v in ("abs", "rel", "sgn")]
+    metrics[f"divergence_r2{suffix}"] = float(np.nanmax(vals)) if np.isfinite(vals).any() else float("nan")
+    metrics[f"divergence_mae_sgn{suffix}_ev_per_atom"] = float(np.mean(np.abs(d_sgn - actual)))
+    extra[f"n_divergence{suffix}"] = int(len(actual))
+    extra[f"divergence{suffix}"] = {"d_abs": d_abs.tolist(), "d_rel": d_rel.tolist(), "d_sgn": d_sgn.tolist(),
+                                   "actual": np.asarray(actual).tolist()}
 
 
 # ---------------------------------------------------------------- inference
@@ -221,17 +291,20 @@ def load_validator(checkpoint: str | Path | None = None):
 
 
 def predict(structures, checkpoint: str | Path | None = None, proxy_checkpoint: str | Path | None | bool = None,
-            baseline_e_pbe=None, batch_size: int = 256) -> dict:
+            baseline_e_pbe=None, batch_size: int = 256, low_level: str | None = None, graphs=None) -> dict:
     """Validator (and descriptor-proxy) outputs for pymatgen structures (or dicts / CIF strings).
 
     Returns numpy arrays of length n:
     ``energies[level]`` / ``sigmas[level]`` (ensemble mean / sigma per fidelity level, eV/atom),
-    ``E_PBE`` (root PBE+U head), ``E_MF``, ``sigma_MF`` (top level, Sec. 2.3.1, recalibrated by the
-    stored variance scale; ``sigma_MF_raw`` unscaled), ``D_abs``, ``D_rel``, ``D_sgn`` (Eqs. 3-5) and,
-    when a proxy checkpoint exists, ``q`` (n, k) with ``q_names``.
+    ``E_PBE`` (the low-fidelity head divergence uses: ``low_level``, by default the checkpoint's
+    ``divergence_low_level`` = the uncorrected PBE+U/FERE head when present), ``E_MF``, ``sigma_MF``
+    (top level, Sec. 2.3.1, recalibrated by the stored variance scale; ``sigma_MF_raw`` unscaled),
+    ``D_abs``, ``D_rel``, ``D_sgn`` (Eqs. 3-5) and, when a proxy checkpoint exists, ``q`` (n, k) with
+    ``q_names``.
 
     ``baseline_e_pbe``: optional per-structure PBE-level energies from an external model (e.g. CHGNet
-    through ``qadb.drivers``); when given, the divergence uses them instead of the root head.
+    through ``qadb.drivers``); when given, the divergence uses them instead of the model's low head.
+    ``graphs``: already featurised graphs (skips featurisation; structures are then only needed for q).
     """
     from qadb.models.validator.featurize import featurize
     from qadb.models.validator.train import predict_ensemble
@@ -239,7 +312,8 @@ def predict(structures, checkpoint: str | Path | None = None, proxy_checkpoint: 
     structures = list(structures)
     members, cfg, extra = load_validator(checkpoint)
     levels = list(cfg["levels"])
-    graphs = [featurize(s, cfg["cutoff"], cfg["max_neighbors"]) for s in structures]
+    if graphs is None:
+        graphs = [featurize(s, cfg["cutoff"], cfg["max_neighbors"]) for s in structures]
     mus, sigs = predict_ensemble(members, graphs, batch_size)
     scale = float(extra.get("calibration", {}).get("sigma_scale", 1.0))
     out: dict = {"levels": levels, "energies": {}, "sigmas": {}}
@@ -247,20 +321,28 @@ def predict(structures, checkpoint: str | Path | None = None, proxy_checkpoint: 
         e, s = U.aggregate(mus[:, :, li], sigs[:, :, li])
         out["energies"][l], out["sigmas"][l] = e, s
     e_mf, s_mf = out["energies"][levels[-1]], out["sigmas"][levels[-1]]
-    e_pbe = out["energies"][levels[0]]
+    low = low_level or extra.get("divergence_low_level") or levels[0]
+    if low not in out["energies"]:
+        raise InputError(f"unknown low level {low!r}; this checkpoint has {', '.join(levels)}")
+    e_pbe = out["energies"][low]
     if baseline_e_pbe is not None:
         e_pbe = np.asarray(baseline_e_pbe, dtype=np.float64)
         if e_pbe.shape != e_mf.shape:
             raise InputError(f"baseline_e_pbe has {e_pbe.shape[0] if e_pbe.ndim else 0} values for {len(e_mf)} structures")
-    out.update({"E_PBE": e_pbe, "E_MF": e_mf, "sigma_MF_raw": s_mf, "sigma_MF": scale * s_mf})
+        low = "baseline"
+    out.update({"E_PBE": e_pbe, "low_level": low, "E_MF": e_mf, "sigma_MF_raw": s_mf, "sigma_MF": scale * s_mf})
     out["D_abs"], out["D_rel"], out["D_sgn"] = U.divergence(e_pbe, e_mf, scale * s_mf)
     if proxy_checkpoint is not False:
         from qadb.models.proxy.api import DEFAULT_CHECKPOINT as PROXY_CKPT
         from qadb.models.proxy.api import predict_q_graphs
 
+        from qadb.models.proxy.api import load_proxy
+
         p = Path(proxy_checkpoint) if proxy_checkpoint else PROXY_CKPT
         if p.exists() or proxy_checkpoint:
-            q, names = predict_q_graphs(structures, p)
+            pcfg = load_proxy(p)[1]
+            same = (pcfg["cutoff"], pcfg["max_neighbors"]) == (cfg["cutoff"], cfg["max_neighbors"])
+            q, names = predict_q_graphs(structures, p, graphs=graphs if same else None)
             out["q"], out["q_names"] = q, names
     return out
 

@@ -14,7 +14,9 @@ Levels (ids are what the network heads are called; ``fidelity`` is the canonical
 =============  ==========  ==============================================================
 level id       fidelity    source
 =============  ==========  ==============================================================
-PBE+U          PBE+U       MP-20 val+test ``formation_energy_per_atom`` (MP GGA/GGA+U mix, MP corrections)
+PBE+U          PBE+U       MP-20 val+test ``formation_energy_per_atom`` (MP GGA/GGA+U mix, MP corrections),
+                           plus MPTS-52 val+test rows whose mp-id is not in MP-20 val/test (same MP values:
+                           99.5 % of the 4,967 shared ids agree to 1e-3 eV/atom)
 PBE+U/FERE     PBE+U       FERE ``PBE+U Moore`` (uncorrected, own relaxed structure)
 SCAN+U         SCAN+U      FERE ``SCAN+U Artrith``
 r2SCAN+U       r2SCAN+U    FERE ``r2SCAN+U U=1``
@@ -28,6 +30,7 @@ EXP            EXP         FERE experiment (r2SCAN U=0 structure) + MP2020 exper
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -36,6 +39,8 @@ import numpy as np
 from qadb import fidelity
 from qadb.config import shared_data_dir
 from qadb.errors import InputError
+
+_FORMULA_RE = re.compile(r"_chemical_formula_sum\s+(.+)")
 
 ROOT_LEVEL = "PBE+U"
 HIGH_LEVEL = "EXP"
@@ -103,7 +108,7 @@ def _mp_structure_tables(data_dir: Path):
 
 
 def staged_formation_records(data_dir: Path | str | None = None, max_root: int | None = None,
-                             seed: int = 0) -> list[dict]:
+                             seed: int = 0, with_mpts: bool = True) -> list[dict]:
     """All formation-energy records of every level (see module docstring) from the staged files.
 
     ``max_root`` subsamples the MP-20 (root) level, keeping the structures that also carry an
@@ -140,16 +145,33 @@ def staged_formation_records(data_dir: Path | str | None = None, max_root: int |
         exp_ids.add(row.mpid)
         recs.append({"key": f"mp:{row.mpid}", "structure": cif, "level": "EXP",
                      "value": float(row.exp_dHf_eV_per_atom), "formula": formula, "source": f"mp2020_exp/{src}"})
-    # MP-20 formation energies (root level)
+    # MP-20 formation energies (root level), then MPTS-52 structures MP-20 val/test lacks
     root = []
+    seen = set()
     for split in ("val", "test"):
         df = _read_csv(data_dir / "mp_20_mattergen_cache" / f"{split}.csv.gz",
                        usecols=["material_id", "formation_energy_per_atom", "pretty_formula_derived", "cif"])
         for row in df.itertuples(index=False):
+            seen.add(row.material_id)
             root.append({"key": f"mp:{row.material_id}", "structure": row.cif, "level": ROOT_LEVEL,
                          "value": float(row.formation_energy_per_atom),
                          "formula": Composition(row.pretty_formula_derived).reduced_formula,
                          "source": f"mp20_{split}"})
+    if with_mpts:
+        for split in ("val", "test"):
+            df = _read_csv(data_dir / "mpts_52" / f"{split}.csv.gz",
+                           usecols=["material_id", "formation_energy_per_atom", "cif"])
+            for row in df.itertuples(index=False):
+                if row.material_id in seen or not np.isfinite(row.formation_energy_per_atom):
+                    continue
+                seen.add(row.material_id)
+                m = _FORMULA_RE.search(row.cif)
+                formula = Composition(m.group(1).strip().strip("'\"")).reduced_formula if m else None
+                if formula is None:
+                    continue
+                root.append({"key": f"mp:{row.material_id}", "structure": row.cif, "level": ROOT_LEVEL,
+                             "value": float(row.formation_energy_per_atom), "formula": formula,
+                             "source": f"mpts52_{split}"})
     if max_root is not None and len(root) > max_root:
         rng = np.random.default_rng(seed)
         must = [r for r in root if r["key"][3:] in exp_ids]
@@ -228,3 +250,120 @@ def data_hash(arrays: dict) -> str:
         h.update(np.ascontiguousarray(arrays[k]).tobytes())
     h.update("|".join(arrays["key"].tolist()).encode())
     return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- portable bundle (GPU machine)
+
+def export_bundle(path, cache=None, records: list[dict] | None = None, gap_records: list[dict] | None = None) -> dict:
+    """Featurise every formation-energy and band-gap record into one compressed ``.npz`` of plain
+    arrays (no pickle), so the torch-only trainer can run where pymatgen is absent. Returns counts."""
+    from qadb.models.proxy.api import GAP_LEVELS, staged_gap_records
+
+    records = records if records is not None else staged_formation_records()
+    gap_records = gap_records if gap_records is not None else staged_gap_records()
+    pseudo = [{"key": r["key"], "structure": r["structure"]} for r in records + gap_records]
+    graphs, gindex = featurize_records(pseudo, cache=cache)
+    n_atoms = np.array([len(g["z"]) for g in graphs], np.int64)
+    if n_atoms.max() > 255:
+        raise InputError("bundle stores local atom indices as uint8; a structure has more than 255 sites")
+    items = to_arrays(records, gindex, list(LEVEL_FIDELITY))
+    py = np.full((len(gap_records), len(GAP_LEVELS)), np.nan, np.float32)
+    for i, r in enumerate(gap_records):
+        for k, l in enumerate(GAP_LEVELS):
+            if l in r["gaps"]:
+                py[i, k] = r["gaps"][l]
+    z = np.concatenate([g["z"] for g in graphs]).astype(np.uint8)
+    edges = _pair_encode([g["src"] for g in graphs], [g["dst"] for g in graphs], [g["dist"] for g in graphs])
+    arrays = {
+        "z": z,
+        "n_atoms": n_atoms.astype(np.int32),
+        **edges,
+        "levels": np.array(list(LEVEL_FIDELITY)),
+        "gap_levels": np.array(GAP_LEVELS),
+        "p_graph": np.array([gindex[r["key"]] for r in gap_records], np.int32),
+        "p_y": py,
+        "p_split": np.array([split_of(r["formula"]) for r in gap_records]),
+        "data_hash": np.array(data_hash(items)),
+    }
+    for k, v in items.items():
+        arrays[f"f_{k}"] = v
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    _save_lzma(path, arrays)
+    return {"graphs": len(graphs), "edges": int(sum(len(g["dist"]) for g in graphs)), "pairs": int(len(edges["pa"])),
+            "formation_rows": len(items["y"]), "gap_rows": len(gap_records), "data_hash": str(arrays["data_hash"].reshape(-1)[0])}
+
+
+DIST_SCALE = 2000.0  # bundle distances in units of 0.5 mÅ (uint16)
+
+
+def _pair_encode(srcs, dsts, dists) -> dict:
+    """Lossless-up-to-0.25-mÅ compact edge lists: each graph's directed edges i<-j and j<-i at the same
+    distance become one unordered pair (a <= b, distance, count each way), sorted by (a, distance, b)."""
+    n_edges = np.array([len(d) for d in dists], np.int64)
+    gid = np.repeat(np.arange(len(dists)), n_edges)
+    src, dst = np.concatenate(srcs).astype(np.int64), np.concatenate(dsts).astype(np.int64)
+    q = np.round(np.concatenate(dists).astype(np.float64) * DIST_SCALE).astype(np.int64)
+    a, b, fwd = np.minimum(src, dst), np.maximum(src, dst), dst <= src
+    key = ((gid * 256 + a) * 65536 + q) * 256 + b
+    uk, inv = np.unique(key, return_inverse=True)
+    cf = np.bincount(inv, weights=fwd, minlength=len(uk)).astype(np.uint8)
+    cb = np.bincount(inv, weights=~fwd, minlength=len(uk)).astype(np.uint8)
+    pg = uk // (256 * 65536 * 256)
+    return {"n_pairs": np.bincount(pg, minlength=len(dists)).astype(np.int32),
+            "pa": ((uk // (65536 * 256)) % 256).astype(np.uint8), "pb": (uk % 256).astype(np.uint8),
+            "pq": ((uk // 256) % 65536).astype(np.uint16), "pcf": cf, "pcb": cb}
+
+
+def _pair_decode(n_atoms, n_pairs, pa, pb, pq, pcf, pcb):
+    """Inverse of `_pair_encode`: (src, dst, dist, n_edges) with each graph's edges contiguous,
+    grouped by centre atom (edge order inside a centre is irrelevant to the network)."""
+    G = len(n_pairs)
+    pg = np.repeat(np.arange(G), n_pairs)
+    a, b = pa.astype(np.int64), pb.astype(np.int64)
+    d = pq.astype(np.float32) / np.float32(DIST_SCALE)
+    f_rep, b_rep = pcf.astype(np.int64), pcb.astype(np.int64)
+    dst = np.concatenate([np.repeat(a, f_rep), np.repeat(b, b_rep)])
+    src = np.concatenate([np.repeat(b, f_rep), np.repeat(a, b_rep)])
+    dist = np.concatenate([np.repeat(d, f_rep), np.repeat(d, b_rep)])
+    g = np.concatenate([np.repeat(pg, f_rep), np.repeat(pg, b_rep)])
+    order = np.lexsort((dist, dst, g))
+    return src[order], dst[order], dist[order], np.bincount(g, minlength=G)
+
+
+def _save_lzma(path, arrays: dict) -> None:
+    """An .npz of uint8 blobs, each array's bytes compressed with LZMA (about 40 % smaller than zip)."""
+    import json
+    import lzma
+
+    meta, blobs = {}, {}
+    for k, v in arrays.items():
+        v = np.ascontiguousarray(v)
+        meta[k] = {"dtype": v.dtype.str, "shape": list(v.shape)}
+        blobs[k] = np.frombuffer(lzma.compress(v.tobytes(), preset=9 | lzma.PRESET_EXTREME), np.uint8)
+    np.savez(path, __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8), **blobs)
+
+
+def _load_lzma(path) -> dict:
+    import json
+    import lzma
+
+    with np.load(path, allow_pickle=False) as f:
+        meta = json.loads(bytes(f["__meta__"]).decode())
+        return {k: np.frombuffer(lzma.decompress(bytes(f[k])), np.dtype(m["dtype"])).reshape(tuple(m["shape"])).copy()
+                for k, m in meta.items()}
+
+
+def load_bundle(path, device: str = "cpu"):
+    """(GraphBank, formation items, gap items, meta) from `export_bundle`'s file (numpy/torch only)."""
+    from qadb.models.validator.net import GraphBank
+
+    a = _load_lzma(path)
+    src, dst, dist, n_edges = _pair_decode(a["n_atoms"], a["n_pairs"], a["pa"], a["pb"], a["pq"], a["pcf"], a["pcb"])
+    bank = GraphBank(a["z"].astype(np.int64), a["n_atoms"], src, dst, dist, n_edges, device=device)
+    items = {k[2:]: v for k, v in a.items() if k.startswith("f_")}
+    items["graph"] = items["graph"].astype(np.int64)
+    items["level"] = items["level"].astype(np.int64)
+    gaps = {"graph": a["p_graph"].astype(np.int64), "y": a["p_y"], "split": a["p_split"]}
+    meta = {"levels": a["levels"].tolist(), "gap_levels": a["gap_levels"].tolist(),
+            "data_hash": str(a["data_hash"].reshape(-1)[0])}
+    return bank, items, gaps, meta
