@@ -5,9 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich import box
 from rich.table import Table
 
 from qadb.cli.groups import cli, console, open_store, out
+
+
+_STRATEGY = {"divergence": "div", "uncertainty": "unc", "low_fidelity": "low", "random": "rand", "exploit": "expl"}
+_SHORT = {"cycle": "cyc", "strategy": "strat", "generated": "gen", "passed_funnel": "funnel", "passed_target_filter": "target", "selected": "sel",
+          "validated": "valid", "failed": "fail", "budget_spent": "spent", "cumulative_hits": "cum"}
 
 
 def _say(msg: str) -> None:
@@ -17,11 +23,13 @@ def _say(msg: str) -> None:
 def _print_report(rep) -> None:
     from qadb.campaign.report import COLUMNS
 
-    table = Table(title=f"campaign {rep.campaign}")
+    table = Table(title=f"campaign {rep.campaign}", box=box.SIMPLE_HEAD, pad_edge=False)
     for c in COLUMNS:
-        table.add_column(c.replace("_", " "), justify="right")
+        table.add_column(_SHORT.get(c, c), justify="right")
     for r in rep.rows:
-        table.add_row(*(f"{r[c]:g}" if isinstance(r[c], float) else str(r[c]) for c in COLUMNS))
+        cells = {**r, "strategy": _STRATEGY.get(r["strategy"], r["strategy"])}
+        table.add_row(*(f"{cells[c]:g}" if isinstance(cells[c], float) else str(cells[c]) for c in COLUMNS))
+    out.print("strategy: div = divergence, unc = uncertainty, low = low-fidelity screen, rand = random")
     out.print(table)
     s = rep.summary
     out.print(f"state [bold]{s['state']}[/] ({s.get('stop_reason') or '-'}); {s['hits']} hits in {s['calls']} "
