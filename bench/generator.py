@@ -9,8 +9,8 @@ Two sources of samples:
         [--quick] [--cpu-sample 100 --cpu-steps 100] --out bench/results/generator.json
 
 ``--quick`` evaluates the first 500 test structures for CSP and 200 generated structures. Metrics that cannot be
-computed here are written as null with a reason (COV-R/COV-P need matminer; csp_match_rate_20 needs 20 samples
-per composition; cfg_shift_mled needs M_LED).
+computed here are written as null with a reason (csp_match_rate_20 needs an ``--npz-csp-k`` file with 20 samples
+per composition; cfg_shift_mled needs M_LED). COV-R/COV-P use matminer's CrystalNN and Magpie fingerprints.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ warnings.filterwarnings("ignore")
 from qadb.models.generator.api import to_structures  # noqa: E402
 
 SM_KW = dict(stol=0.5, angle_tol=10, ltol=0.3)
+COV_REF = 1000  # reference crystals for COV-R/COV-P (set by --cov-ref)
 MAX_OX_COMBOS = 20000  # cap on oxidation-state combinations tried per composition (CDVAE tries all)
 
 
@@ -120,6 +121,27 @@ def csp_metrics(preds, gts, workers=2):
             if m else None, "csp_n": len(gts)}
 
 
+def _best_of_k(args):
+    preds, gt = args
+    best = None
+    for p in preds:
+        r = _match_one((p, gt))
+        if r is not None and (best is None or r < best):
+            best = r
+    return best
+
+
+def csp_k_metrics(pred_sets, gts, workers=2):
+    """csp_match_rate_k (DiffCSP): a composition counts as matched when any of its k samples matches; the RMSE
+    is that of the best-matching sample."""
+    with ProcessPoolExecutor(workers) as ex:
+        rms = list(ex.map(_best_of_k, zip(pred_sets, gts), chunksize=4))
+    m = [r for r in rms if r is not None]
+    k = len(pred_sets[0]) if pred_sets else 0
+    return {f"csp_match_rate_{k}": round(100 * len(m) / len(gts), 2),
+            f"csp_rmse_{k}": round(float(np.mean(m)), 4) if m else None, f"csp_{k}_n": len(gts)}
+
+
 def compactness(s, radii):
     zs = np.array([sp.Z for sp in s.species])
     return float(4 / 3 * math.pi * np.sum(radii[zs - 1] ** 3) / s.volume)
@@ -131,6 +153,55 @@ def _novel_one(args):
     s, refs = args
     sm = StructureMatcher(**SM_KW)
     return not any(sm.fit(s, r) for r in refs)
+
+
+COV_CUTOFFS = (0.4, 10.0)  # CDVAE's MP-20 cutoffs: structure fingerprint distance, composition fingerprint distance
+
+
+def _fingerprint_one(s):
+    """CDVAE's fingerprints of one structure: mean CrystalNN 'ops' site fingerprint, Magpie composition features."""
+    import warnings as _w
+
+    from matminer.featurizers.composition.composite import ElementProperty
+    from matminer.featurizers.site.fingerprint import CrystalNNFingerprint
+
+    _w.filterwarnings("ignore")
+    global _FP
+    if "_FP" not in globals():
+        _FP = (CrystalNNFingerprint.from_preset("ops"), ElementProperty.from_preset("magpie"))
+    cnn, comp = _FP
+    try:
+        site = np.array([cnn.featurize(s, i) for i in range(len(s))], dtype=float)
+        return site.mean(0), np.array(comp.featurize(s.composition), dtype=float)
+    except Exception:  # noqa: BLE001 - CDVAE counts a structure whose fingerprint fails as invalid
+        return None
+
+
+def fingerprints(structs, workers=2):
+    with ProcessPoolExecutor(workers) as ex:
+        return list(ex.map(_fingerprint_one, structs, chunksize=8))
+
+
+def coverage(pred_fps, gt_fps, cutoffs=COV_CUTOFFS) -> dict:
+    """COV-R / COV-P (CDVAE): recall = share of reference crystals with a generated crystal within both cutoffs
+    (structure and composition fingerprint distances), precision = share of generated crystals with a reference
+    crystal within both. Composition features are standardised with the reference set's mean and std (CDVAE uses
+    fixed MP-20 statistics)."""
+    from scipy.spatial.distance import cdist
+
+    p = [f for f in pred_fps if f is not None]
+    g = [f for f in gt_fps if f is not None]
+    ps, pc = np.array([f[0] for f in p]), np.array([f[1] for f in p])
+    gs, gc = np.array([f[0] for f in g]), np.array([f[1] for f in g])
+    mu, sd = np.nanmean(gc, 0), np.nanstd(gc, 0)
+    sd[~np.isfinite(sd) | (sd == 0)] = 1.0
+    pc, gc = np.nan_to_num((pc - mu) / sd), np.nan_to_num((gc - mu) / sd)
+    ds, dc = cdist(ps, gs), cdist(pc, gc)
+    s_cut, c_cut = cutoffs
+    recall = np.mean((ds.min(0) <= s_cut) & (dc.min(0) <= c_cut))
+    precision = np.mean((ds.min(1) <= s_cut) & (dc.min(1) <= c_cut))
+    return {"cov_r": round(100 * float(recall), 2), "cov_p": round(100 * float(precision), 2),
+            "cov_n_pred": len(p), "cov_n_ref": len(g)}
 
 
 def gen_metrics(gens, test_structs, train_by_formula, radii, workers=2):
@@ -168,8 +239,18 @@ def gen_metrics(gens, test_structs, train_by_formula, radii, workers=2):
     c = [compactness(s, radii) for s, a in zip(gens, sv) if a]
     out["compactness_mean"] = round(float(np.mean(c)), 4)
     out["compactness_in_0.55_0.85"] = round(100 * float(np.mean([(0.55 <= x <= 0.85) for x in c])), 2)
-    out["cov_r"] = out["cov_p"] = None
-    out["cov_note"] = "not computed: needs matminer (CrystalNN + Magpie fingerprints), not installed here"
+    if COV_REF:
+        rng = np.random.default_rng(0)
+        ref_idx = sorted(rng.choice(len(test_structs), min(COV_REF, len(test_structs)), replace=False).tolist())
+        t0 = time.time()
+        pred_fps = fingerprints(valid, workers)
+        gt_fps = fingerprints([test_structs[i] for i in ref_idx], workers)
+        out.update(coverage(pred_fps, gt_fps))
+        out["cov_note"] = (f"generated: the {len(valid)} struct+comp-valid samples; reference: {len(ref_idx)} MP-20 "
+                           f"test structures drawn at random (seed 0); fingerprints in {time.time() - t0:.0f} s")
+    else:
+        out["cov_r"] = out["cov_p"] = None
+        out["cov_note"] = "not computed (--cov-ref 0)"
     return out
 
 
@@ -178,15 +259,22 @@ def main(argv=None):
     ap.add_argument("--data", default=".gen_scratch/gen_data.pt")
     ap.add_argument("--npz-csp")
     ap.add_argument("--npz-gen")
+    ap.add_argument("--npz-sweep", help="npz from gpu_eval --sweep: CSP match per sampler setting")
+    ap.add_argument("--npz-csp-k", help="npz with cspk_* keys (k samples per composition) for csp_match_rate_k")
+    ap.add_argument("--cov-ref", type=int, default=1000, help="reference test crystals for COV-R/P (0: skip)")
     ap.add_argument("--ablation", nargs="*", default=[], help="NAME=npz pairs (csp_ + gen_ keys) to compare")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--cpu-sample", type=int, default=0)
-    ap.add_argument("--cpu-steps", type=int, default=100)
+    ap.add_argument("--cpu-steps", type=int, default=None, help="default: the checkpoint's default steps")
+    ap.add_argument("--cpu-corrector", action=argparse.BooleanOptionalAction, default=None)
+    ap.add_argument("--cpu-threads", type=int, default=0, help="torch threads (0: the idle cores, at least 1)")
     ap.add_argument("--ckpt", default=str(ROOT / "qadb/data/checkpoints/generator_default.pt"))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "bench/results/generator.json"))
     ap.add_argument("--update", action="store_true", help="merge into an existing --out JSON")
     a = ap.parse_args(argv)
+    global COV_REF
+    COV_REF = a.cov_ref
     t0 = time.time()
     blob = torch.load(a.data, map_location="cpu", weights_only=True)
     radii = blob["test"]["radii"].numpy()
@@ -195,7 +283,7 @@ def main(argv=None):
     res = {"quick": a.quick, "split": "MP-20 test (held out)", "csp_match_rate_20": None,
            "csp_match_rate_20_note": "not measured (1 sample per test composition only)", "cfg_shift_mled": None,
            "cfg_shift_mled_note": "M_LED column not yet available (qadb.chem); no M_LED-conditioned model"}
-    if not (a.npz_csp or a.npz_gen or a.ablation):
+    if not (a.npz_csp or a.npz_gen or a.ablation or a.npz_csp_k or a.npz_sweep):
         test_all, train_by_formula = [], {}
     else:
         test_all = split_structs(blob["test"])
@@ -210,6 +298,30 @@ def main(argv=None):
         res.update(csp_metrics(preds, test_all[: len(preds)], a.workers))
         res["csp_meta"] = json.loads(str(d["meta_json"]))
         print("csp", {k: res[k] for k in ("csp_match_rate_1", "csp_rmse_1", "csp_n")}, flush=True)
+    if a.npz_sweep:
+        d = np.load(a.npz_sweep)
+        meta = json.loads(str(d["meta_json"]))
+        na = torch.as_tensor(d["num_atoms"].astype(np.int64))
+        z = blob["test"]["types"][: int(na.sum())].long()
+        rows = {}
+        for k, kw in meta["variants"].items():
+            preds = to_structures(z, torch.as_tensor(d[k + "_frac"]), torch.as_tensor(d[k + "_lattice"]), na)
+            rows[k] = {**kw, **csp_metrics(preds, test_all[: len(na)], a.workers), "sample_s": meta["timing"][k]}
+            print("sweep", k, rows[k], flush=True)
+        res["sampler_sweep"] = {"ckpt_step": meta["ckpt_meta"].get("step"), "n": len(na), "rows": rows}
+    if a.npz_csp_k:
+        d = np.load(a.npz_csp_k)
+        na = torch.as_tensor(d["cspk_num_atoms"].astype(np.int64))
+        z = blob["test"]["types"][: int(na.sum())].long()
+        k = int(d["cspk_k"])
+        sets = [to_structures(z, torch.as_tensor(d["cspk_frac"][j]), torch.as_tensor(d["cspk_lattice"][j]), na)
+                for j in range(k)]
+        per_comp = [[sets[j][i] for j in range(k)] for i in range(len(na))]
+        r = csp_k_metrics(per_comp, test_all[: len(na)], a.workers)
+        res.update(r)
+        res[f"csp_match_rate_{k}_note"] = (f"first {len(na)} MP-20 test compositions, {k} samples each "
+                                           f"({json.loads(str(d['meta_json']))['steps']} steps)")
+        print("csp_k", r, flush=True)
     if a.npz_gen:
         d = np.load(a.npz_gen)
         meta = json.loads(str(d["meta_json"]))
@@ -249,17 +361,31 @@ def main(argv=None):
     if abl:
         res["ablation_compactness_loss"] = abl
     if a.cpu_sample:
-        from qadb.models.generator import load_checkpoint, sample
+        import os
 
-        torch.set_num_threads(2)
+        from qadb.models.generator import load_checkpoint, sample
+        from qadb.models.generator.api import sampler_defaults
+
+        from qadb.models.generator.api import cpu_threads
+
         g = load_checkpoint(a.ckpt)
-        t1 = time.time()
-        sample(g, n=a.cpu_sample, mode="gen", steps=a.cpu_steps, seed=0, corrector=True)
-        dt = time.time() - t1
+        sset = sampler_defaults(g, steps=a.cpu_steps, corrector=a.cpu_corrector)
+        load0 = os.getloadavg()[0]
+        threads = a.cpu_threads or cpu_threads()
+        t1, c1 = time.time(), time.process_time()
+        structs = sample(g, n=a.cpu_sample, mode="gen", seed=0, threads=threads, **sset)
+        dt, cpu_s = time.time() - t1, time.process_time() - c1
+        res[f"sample_{a.cpu_sample}_cpu_process_s"] = round(cpu_s, 1)
+        res["cpu_sample_threads"] = threads
         res[f"sample_{a.cpu_sample}_cpu_s"] = round(dt, 1)
-        res["cpu_sample_steps"] = a.cpu_steps
-        res["cpu_note"] = "2 torch threads on a shared 2-core machine (load average ~10 during the run)"
-        print("cpu sampling", dt, flush=True)
+        res["cpu_sample_settings"] = sset
+        res["cpu_sample_struct_validity"] = round(100 * float(np.mean([struct_valid(s) for s in structs])), 2)
+        res["cpu_sample_comp_validity"] = round(100 * float(np.mean([smact_valid(s.composition) for s in structs])),
+                                                2)
+        res["cpu_note"] = (f"{a.cpu_sample} ab initio samples, {threads} torch thread(s) on a shared 2-core machine; "
+                           f"load "
+                           f"average {load0:.1f} before and {os.getloadavg()[0]:.1f} after the run")
+        print("cpu sampling", dt, sset, flush=True)
     res["bench_wall_s"] = round(time.time() - t0, 1)
     out = Path(a.out)
     if a.update and out.exists():

@@ -166,3 +166,127 @@ def test_default_checkpoint_gen_chemsys_and_conditions():
     for s in structs:
         assert {e.symbol for e in s.composition.elements} <= {"Li", "O"}
         assert len(s) == 3
+
+
+def test_lr_schedule_cosine():
+    from qadb.models.generator.train import lr_at
+
+    cfg = {**DEFAULTS, "lr": 1e-3, "lr_min": 1e-5, "lr_decay": "cosine", "warmup": 10}
+    assert lr_at(cfg, 1000, 0.0) == pytest.approx(1e-3)
+    assert lr_at(cfg, 1000, 0.5) == pytest.approx(0.5 * (1e-3 + 1e-5))
+    assert lr_at(cfg, 1000, 1.0) == pytest.approx(1e-5)
+    assert lr_at(cfg, 0, 0.0) == pytest.approx(1e-4)  # warm-up
+    assert lr_at({**cfg, "lr_decay": "none"}, 1000, 0.9) == pytest.approx(1e-3)
+
+
+def test_sampler_n_corrector_and_defaults(sched):
+    from qadb.models.generator.api import sampler_defaults
+    from qadb.models.generator.checkpoint import LoadedGenerator
+    from qadb.models.generator.sampler import sample_tensors
+
+    model = CrystalDenoiser(hidden=16, layers=1, n_freq=2).eval()
+    na, types = torch.tensor([2, 3]), torch.tensor([11, 17, 8, 8, 12])
+    outs = [sample_tensors(model, sched, na, types, steps=5, n_corrector=k, seed=0) for k in (0, 2)]
+    for z, f, lat in outs:
+        assert f.shape == (5, 3) and lat.shape == (2, 3, 3) and torch.isfinite(lat).all()
+        assert ((f >= 0) & (f < 1)).all()
+    assert not torch.allclose(outs[0][1], outs[1][1])
+    gens = [sample_tensors(model, sched, na, None, steps=5, type_noise=tn, seed=0) for tn in (1.0, 0.0)]
+    assert all(z.shape == (5,) and int(z.min()) >= 1 for z, _, _ in gens)
+    g = LoadedGenerator(model=model, schedules=sched, sampler={"steps": 7, "corrector": False})
+    assert sampler_defaults(g) == {"steps": 7, "step_lr": 1e-5, "corrector": False, "type_noise": 1.0}
+    assert sampler_defaults(g, steps=3, corrector=True)["steps"] == 3
+    assert sampler_defaults(LoadedGenerator(model=model, schedules=sched))["steps"] == sched.T
+
+
+def _qadb(*args, env_home):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "QADB_HOME": str(env_home)}
+    env.pop("QADB_MONGO_URI", None)
+    return subprocess.run([sys.executable, "-m", "qadb.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+def test_cli_sample_stores_with_provenance(tmp_path, embedded_uri):
+    pytest.importorskip("pymatgen")
+    from qadb.models.generator import DEFAULT_CHECKPOINT
+
+    if not DEFAULT_CHECKPOINT.exists():
+        pytest.skip("default checkpoint not present")
+    r = _qadb("--store", embedded_uri, "sample", "-n", "3", "--steps", "4", "--seed", "2", "--condition", "C=0.7",
+              "--guidance", "C=2", "--chemsys", "Li-O", "-o", str(tmp_path / "s.json"), env_home=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "stored" in r.stdout and (tmp_path / "s.json").exists()
+    from qadb.store import connect
+    from qadb.store.documents import Activity, CheckpointDoc, StructureDoc
+
+    with connect(embedded_uri):
+        docs = list(StructureDoc.objects(origin__kind="generated"))
+        assert docs, r.stdout
+        ck = CheckpointDoc.objects.first()
+        assert ck.kind == "generator" and ck.sha256
+        for d in docs:
+            assert set(d.elements) <= {"Li", "O"}
+            assert d.origin.checkpoint == ck.id
+            assert d.origin.settings["steps"] == 4 and d.origin.settings["conditions"] == {"compactness": 0.7}
+            assert d.origin.settings["guidance"] == {"compactness": 2.0}
+            act = Activity.objects(id=d.origin.activity).first()
+            assert act.kind == "sample" and act.status == "completed" and act.inputs[0].id == ck.id
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--condition", "C0.7"], "malformed condition"),
+    (["--condition", "Q=1"], "unknown condition"),
+    (["--condition", "C=abc"], "not a number"),
+    (["--chemsys", "Li-Xx"], "unknown element"),
+    (["--mode", "csp", "--composition", "Xx2O"], "unknown element"),
+    (["--mode", "csp"], "needs --composition"),
+    (["--guidance", "C=2"], "without a --condition"),
+    (["--checkpoint", "CORRUPT"], "corrupt"),
+])
+def test_cli_sample_bad_input_one_line(tmp_path, monkeypatch, capsys, args, msg):
+    pytest.importorskip("pymatgen")
+    from qadb.cli import main
+
+    monkeypatch.setenv("QADB_HOME", str(tmp_path))
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a torch file")
+    args = [str(bad) if a == "CORRUPT" else a for a in args]
+    with pytest.raises(SystemExit) as exc:
+        main(["sample", "--no-store", "-n", "1", "--steps", "2", *args])
+    assert exc.value.code != 0
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and msg in lines[0], err
+
+
+def test_cli_train_generator_smoke_from_store(tmp_path, embedded_uri):
+    pytest.importorskip("pymatgen")
+    from qadb.models.generator import DEFAULT_CHECKPOINT
+
+    if not DEFAULT_CHECKPOINT.exists():
+        pytest.skip("default checkpoint not present")
+    # seed the store with a few generated-looking structures ingested as files (generated ones are skipped)
+    from pymatgen.core import Lattice, Structure
+
+    paths = []
+    for i, (a, sp) in enumerate([(4.2, ("Na", "Cl")), (4.0, ("Mg", "O")), (3.6, ("Li", "F")), (4.3, ("K", "Br"))]):
+        s = Structure(Lattice.cubic(a + 0.1 * i), list(sp), [[0, 0, 0], [0.5, 0.5, 0.5]])
+        p = tmp_path / f"s{i}.cif"
+        s.to(filename=str(p))
+        paths.append(str(p))
+    r = _qadb("--store", embedded_uri, "ingest", *paths, env_home=tmp_path)
+    assert r.returncode == 0, r.stderr
+    args = ["--store", embedded_uri, "train", "generator", "--from-store", "--smoke", "--max-steps", "3",
+            "--data", str(tmp_path / "d.pt"), "--state", str(tmp_path / "st.pt"), "--checkpoint",
+            str(tmp_path / "g.pt"), "--log", str(tmp_path / "log.jsonl"), "--device", "cpu"]
+    r = _qadb(*args, env_home=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "registered checkpoint generator@" in r.stdout
+    r2 = _qadb(*args, env_home=tmp_path)  # resumes, registers the new checkpoint with the old one as parent
+    assert r2.returncode == 0, r2.stderr
+    assert "parent generator@" in r2.stdout
+    assert load_checkpoint(tmp_path / "g.pt").meta["step"] == 6

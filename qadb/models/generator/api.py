@@ -22,7 +22,7 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "data" / "checkpoints
 
 def _composition_types(composition) -> list[int]:
     """Atomic numbers of one cell for a composition (formula string, dict or pymatgen Composition)."""
-    from pymatgen.core import Composition
+    from pymatgen.core import Composition, Element
 
     try:
         comp = Composition(composition)
@@ -30,6 +30,8 @@ def _composition_types(composition) -> list[int]:
         raise InputError(f"cannot parse composition {composition!r}: {e}") from None
     zs = []
     for el, amt in comp.items():
+        if not isinstance(el, Element) or not 1 <= el.Z <= N_TYPES:
+            raise InputError(f"unknown element {str(el)!r} in composition {composition!r}")
         if abs(amt - round(amt)) > 1e-6:
             raise InputError(f"composition {composition!r} needs integer site counts")
         zs += [el.Z] * int(round(amt))
@@ -51,6 +53,16 @@ def _chemsys_vector(chemsys) -> torch.Tensor:
     return v
 
 
+def sampler_defaults(gen: LoadedGenerator, steps: int | None = None, step_lr: float | None = None,
+                     corrector: bool | None = None, type_noise: float | None = None) -> dict:
+    """Sampler settings: the given ones, else the checkpoint's defaults, else T steps with the corrector."""
+    d = gen.sampler or {}
+    return {"steps": int(steps or d.get("steps") or gen.schedules.T),
+            "step_lr": float(step_lr if step_lr is not None else d.get("step_lr", 1e-5)),
+            "corrector": bool(corrector if corrector is not None else d.get("corrector", True)),
+            "type_noise": float(type_noise if type_noise is not None else d.get("type_noise", 1.0))}
+
+
 def to_structures(z, frac, lattice_rows, num_atoms) -> list:
     from pymatgen.core import Lattice, Structure
 
@@ -64,8 +76,9 @@ def to_structures(z, frac, lattice_rows, num_atoms) -> list:
 
 def sample(checkpoint=None, n: int = 1, mode: str = "gen", composition=None, chemsys=None,
            conditions: dict | None = None, guidance: dict | None = None, steps: int | None = None, seed: int = 0,
-           device: str = "cpu", num_atoms: int | list | None = None, step_lr: float = 1e-5,
-           corrector: bool = True, batch_size: int = 1000, return_tensors: bool = False):
+           device: str = "cpu", num_atoms: int | list | None = None, step_lr: float | None = None,
+           corrector: bool | None = None, batch_size: int = 1000, return_tensors: bool = False,
+           threads: int | None = None, type_noise: float | None = None):
     """Sample ``n`` crystals and return pymatgen Structures.
 
     mode ``"csp"``: structure prediction for ``composition`` (one cell: "Li2O" means 3 sites; give "Li4O2" for
@@ -73,9 +86,18 @@ def sample(checkpoint=None, n: int = 1, mode: str = "gen", composition=None, che
     (or ``num_atoms``), atom types are generated; ``chemsys`` ("Li-Fe-O") restricts and guides the elements.
     ``conditions``: {name: raw value} for names in ``conditions.PROPS`` or aliases (C, M_LED, E_hull, gap, K);
     ``guidance``: {name: g} classifier-free guidance strength per property (default 1.0 where a condition is
-    given; g = 0 is the plain conditional model). ``steps``: reverse steps (default: the checkpoint's T).
+    given; g = 0 is the plain conditional model). ``steps``, ``step_lr``, ``corrector``: sampler settings.
+    ``type_noise`` (ab initio): scale of the noise of the reverse type steps (1 = plain DDPM; the committed
+    checkpoint uses 0.7: fewer distinct elements per crystal, higher compositional validity). Each of these left
+    as None takes the checkpoint's default (`sampler_defaults`). ``threads`` (CPU only): torch threads for this
+    call; by default the idle cores (`cpu_threads`), at least 1: on a shared machine, threads that wait for a busy
+    core at every operation make sampling several times slower than one thread.
     """
     gen = checkpoint if isinstance(checkpoint, LoadedGenerator) else load_checkpoint(checkpoint or DEFAULT_CHECKPOINT)
+    sset = sampler_defaults(gen, steps=steps, step_lr=step_lr, corrector=corrector, type_noise=type_noise)
+    steps, step_lr, corrector, type_noise = sset["steps"], sset["step_lr"], sset["corrector"], sset["type_noise"]
+    if n < 1:
+        raise InputError(f"n must be at least 1, not {n}")
     if mode not in ("csp", "gen"):
         raise InputError(f"mode must be 'csp' or 'gen', not {mode!r}")
     rng = torch.Generator().manual_seed(int(seed))
@@ -87,7 +109,7 @@ def sample(checkpoint=None, n: int = 1, mode: str = "gen", composition=None, che
         types = torch.tensor(zs * n, dtype=torch.long)
         cs = None
     else:
-        types = None
+        types, zs = None, None
         if num_atoms is not None:
             na = torch.as_tensor(num_atoms, dtype=torch.long).expand(n).clone()
         else:
@@ -96,10 +118,39 @@ def sample(checkpoint=None, n: int = 1, mode: str = "gen", composition=None, che
         cs = _chemsys_vector(chemsys)[None].repeat(n, 1) if chemsys else None
     props, g = {}, {}
     for k, v in (conditions or {}).items():
-        name = canonical(k)
+        try:
+            name = canonical(k)
+        except KeyError as e:
+            raise InputError(str(e.args[0])) from None
         mean, scale = gen.prop_norm.get(name, (0.0, 1.0))
         props[name] = (float(v) - mean) / scale
         g[name] = float((guidance or {}).get(k, (guidance or {}).get(name, 1.0)))
+    prev_threads = torch.get_num_threads()
+    if str(device).startswith("cpu"):
+        torch.set_num_threads(int(threads) if threads else cpu_threads())
+    try:
+        z, f, lat, nat = _sample_batches(gen, n, na, types, zs, props, g, cs, guidance, steps, step_lr, corrector,
+                                         seed, device, batch_size, type_noise)
+    finally:
+        torch.set_num_threads(prev_threads)
+    if return_tensors:
+        return z, f, lat, nat
+    return to_structures(z, f, lat, nat)
+
+
+def cpu_threads() -> int:
+    """Torch threads for CPU sampling: the cores that are idle now (load average), at least 1."""
+    import os
+
+    try:
+        idle = (os.cpu_count() or 1) - round(os.getloadavg()[0])
+    except OSError:
+        idle = torch.get_num_threads()
+    return max(1, min(torch.get_num_threads(), idle))
+
+
+def _sample_batches(gen, n, na, types, zs, props, g, cs, guidance, steps, step_lr, corrector, seed, device,
+                    batch_size, type_noise=1.0):
     zs_all, fr_all, la_all, na_all = [], [], [], []
     for i in range(0, n, batch_size):
         sl = slice(i, min(n, i + batch_size))
@@ -110,12 +161,10 @@ def sample(checkpoint=None, n: int = 1, mode: str = "gen", composition=None, che
         z, f, lat = sample_tensors(gen.model, gen.schedules, na_b, ty_b, props=props, guidance=g,
                                    chemsys=None if cs is None else cs[sl],
                                    chemsys_guidance=float((guidance or {}).get("chemsys", 1.0)), steps=steps,
-                                   step_lr=step_lr, corrector=corrector, seed=seed + i, device=device)
+                                   step_lr=step_lr, corrector=corrector, type_noise=type_noise, seed=seed + i,
+                                   device=device)
         zs_all.append(z), fr_all.append(f), la_all.append(lat), na_all.append(na_b)
-    z, f, lat, nat = torch.cat(zs_all), torch.cat(fr_all), torch.cat(la_all), torch.cat(na_all)
-    if return_tensors:
-        return z, f, lat, nat
-    return to_structures(z, f, lat, nat)
+    return torch.cat(zs_all), torch.cat(fr_all), torch.cat(la_all), torch.cat(na_all)
 
 
 def train(data, state="qadb/data/checkpoints/generator_train_state.pt",

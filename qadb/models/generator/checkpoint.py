@@ -31,6 +31,7 @@ class LoadedGenerator:
     num_atoms_hist: torch.Tensor | None = None
     prop_norm: dict = field(default_factory=dict)
     path: str = ""
+    sampler: dict = field(default_factory=dict)  # default sampler settings: steps, step_lr, corrector
 
     def to(self, device):
         self.model.to(device)
@@ -63,6 +64,7 @@ def load_checkpoint(path, device: str = "cpu") -> LoadedGenerator:
         sched = Schedules(**obj["diffusion_config"])
         meta = json.loads(obj.get("meta_json", "{}"))
         prop_norm = json.loads(obj.get("prop_norm_json", "{}"))
+        sampler = json.loads(obj.get("sampler_json", "{}"))
     except CheckpointError:
         raise
     except Exception as e:  # noqa: BLE001
@@ -70,13 +72,17 @@ def load_checkpoint(path, device: str = "cpu") -> LoadedGenerator:
                               f"{str(e).splitlines()[0][:120]})") from None
     model.eval()
     g = LoadedGenerator(model=model, schedules=sched, meta=meta, radii=obj.get("radii"),
-                        num_atoms_hist=obj.get("num_atoms_hist"), prop_norm=prop_norm, path=str(path))
+                        num_atoms_hist=obj.get("num_atoms_hist"), prop_norm=prop_norm, path=str(path),
+                        sampler=sampler)
     return g.to(device)
 
 
 def make_checkpoint(model_config: dict, diffusion_config: dict, state_dict: dict, radii, num_atoms_hist,
-                    prop_norm: dict, meta: dict, dtype: str = "float32") -> dict:
-    return {"kind": KIND, "format_version": FORMAT_VERSION, "model_config": dict(model_config),
+                    prop_norm: dict, meta: dict, dtype: str = "float32", sampler: dict | None = None) -> dict:
+    """An inference checkpoint; ``sampler`` holds the default sampler settings (steps, step_lr, corrector) that
+    `qadb sample` and `api.sample` use when the caller gives none."""
+    return {"sampler_json": json.dumps(sampler or {}), "kind": KIND, "format_version": FORMAT_VERSION,
+            "model_config": dict(model_config),
             "diffusion_config": dict(diffusion_config),
             "state_dict": {k: v.detach().to(getattr(torch, dtype)).cpu().clone() for k, v in state_dict.items()},
             "radii": radii.float().cpu(), "num_atoms_hist": num_atoms_hist.cpu(),

@@ -23,11 +23,47 @@ def _sync():
         torch.cuda.synchronize()
 
 
+# sampler settings compared by `--sweep` (CSP on the first N test compositions); docs/generator.md has the scores
+SWEEP = {"l1e-5": dict(steps=1000, step_lr=1e-5), "l3e-5": dict(steps=1000, step_lr=3e-5),
+         "l1e-4": dict(steps=1000, step_lr=1e-4), "l3e-4": dict(steps=1000, step_lr=3e-4),
+         "l3e-5c2": dict(steps=1000, step_lr=3e-5, n_corrector=2),
+         "s100l1e-5": dict(steps=100, step_lr=1e-5), "s100l1e-4": dict(steps=100, step_lr=1e-4),
+         "s100l1e-3": dict(steps=100, step_lr=1e-3), "s100l3e-4": dict(steps=100, step_lr=3e-4),
+         "s200l1e-4": dict(steps=200, step_lr=1e-4), "s50l3e-4": dict(steps=50, step_lr=3e-4),
+         "s100nc": dict(steps=100, corrector=False)}
+
+
+def sweep(ckpt, data, out, n=1000, device=None, seed=0):
+    """CSP samples of the first ``n`` test compositions under each sampler setting of `SWEEP` (one .npz)."""
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    g = load_checkpoint(ckpt, device=dev)
+    te = torch.load(data, map_location="cpu", weights_only=True)["test"]
+    na = te["num_atoms"].long()[:n]
+    ty = te["types"].long()[: int(na.sum())]
+    res, timing = {"num_atoms": na.numpy().astype(np.int16)}, {}
+    for k, kw in SWEEP.items():
+        _sync()
+        t0 = time.time()
+        _, f, lat = sample_tensors(g.model, g.schedules, na, ty, seed=seed, device=dev, **kw)
+        _sync()
+        timing[k] = round(time.time() - t0, 2)
+        res[k + "_frac"], res[k + "_lattice"] = f.numpy(), lat.numpy()
+        print(k, timing[k], flush=True)
+    res["meta_json"] = np.array(json.dumps({"variants": SWEEP, "timing": timing, "ckpt_meta": g.meta, "N": n}))
+    np.savez_compressed(out, **res)
+    return timing
+
+
 def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed=0, device=None,
-        cfg_targets=(0.45, 0.75), step_lr_csp=1e-5, step_lr_gen=1e-5):
+        cfg_targets=(0.45, 0.75), step_lr_csp=1e-5, step_lr_gen=1e-5, csp_k_n=0, csp_k=20,
+        corrector=True, type_noise=1.0):
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dev == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
+    if dev == "cpu":
+        from qadb.models.generator.api import cpu_threads
+
+        torch.set_num_threads(cpu_threads())
     g = load_checkpoint(ckpt, device=dev)
     res, timing = {}, {}
     if csp_n:
@@ -42,13 +78,31 @@ def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed
             nb = na[i:i + chunk]
             ty = types[int(ptr[i]): int(ptr[i]) + int(nb.sum())]
             z, f, lat = sample_tensors(g.model, g.schedules, nb, ty, steps=steps, step_lr=step_lr_csp, seed=seed + i,
-                                       device=dev)
+                                       corrector=corrector, device=dev)
             zs.append(z), fs.append(f), ls.append(lat)
         _sync()
         timing["csp_s"] = round(time.time() - t0, 2)
         res.update(csp_z=torch.cat(zs).numpy().astype(np.int16), csp_frac=torch.cat(fs).numpy(),
                    csp_lattice=torch.cat(ls).numpy(), csp_num_atoms=na.numpy().astype(np.int16))
         print(f"csp {len(na)} structures in {timing['csp_s']} s", flush=True)
+
+    if csp_k_n:
+        # csp_match_rate_k: k samples for each of the first csp_k_n test compositions, stored sample-major
+        te = torch.load(data, map_location="cpu", weights_only=True)["test"]
+        na = te["num_atoms"].long()[:csp_k_n]
+        types = te["types"].long()[: int(na.sum())]
+        fs, ls = [], []
+        _sync()
+        t0 = time.time()
+        for j in range(csp_k):
+            _, f, lat = sample_tensors(g.model, g.schedules, na, types, steps=steps, step_lr=step_lr_csp,
+                                       corrector=corrector, seed=seed + 1000 + j, device=dev)
+            fs.append(f), ls.append(lat)
+        _sync()
+        timing["csp_k_s"] = round(time.time() - t0, 2)
+        res.update(cspk_frac=torch.stack(fs).numpy(), cspk_lattice=torch.stack(ls).numpy(),
+                   cspk_num_atoms=na.numpy().astype(np.int16), cspk_k=np.array(csp_k))
+        print(f"csp x{csp_k} for {len(na)} compositions in {timing['csp_k_s']} s", flush=True)
 
     def gen(n, props=None, guidance=None, tag="gen", sd=seed):
         hist = g.num_atoms_hist.float()
@@ -57,7 +111,8 @@ def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed
         _sync()
         t0 = time.time()
         z, f, lat = sample_tensors(g.model, g.schedules, na, None, props=props, guidance=guidance, steps=steps,
-                                   step_lr=step_lr_gen, seed=sd, device=dev)
+                                   step_lr=step_lr_gen, corrector=corrector, type_noise=type_noise, seed=sd,
+                                   device=dev)
         _sync()
         timing[f"{tag}_s"] = round(time.time() - t0, 2)
         res.update({f"{tag}_z": z.numpy().astype(np.int16), f"{tag}_frac": f.numpy(), f"{tag}_lattice": lat.numpy(),
@@ -72,7 +127,9 @@ def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed
         for k, c in enumerate(cfg_targets):
             gen(cfg_n, props={"compactness": (c - mean) / scale}, guidance={"compactness": 1.0}, tag=f"cfgc{k}",
                 sd=seed + 2 + k)
-    res["meta_json"] = np.array(json.dumps({"timing": timing, "steps": steps, "ckpt_meta": g.meta,
+    res["meta_json"] = np.array(json.dumps({"timing": timing, "steps": steps, "corrector": corrector,
+                                            "type_noise": type_noise,
+                                            "step_lr": [step_lr_csp, step_lr_gen], "ckpt_meta": g.meta,
                                             "cfg_targets": list(cfg_targets), "device": str(
                                                 torch.cuda.get_device_name() if dev == "cuda" else dev)}))
     np.savez_compressed(out, **res)
@@ -91,8 +148,19 @@ def main(argv=None):
     ap.add_argument("--chunk", type=int, default=3000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device")
+    ap.add_argument("--step-lr", type=float, default=1e-5)
+    ap.add_argument("--csp-k-n", type=int, default=0, help="compositions for csp_match_rate_k (first N of test)")
+    ap.add_argument("--csp-k", type=int, default=20)
+    ap.add_argument("--corrector", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--type-noise", type=float, default=1.0, help="ab initio: scale of the reverse type noise")
+    ap.add_argument("--sweep", type=int, default=0, help="only the sampler sweep on the first N test compositions")
     a = ap.parse_args(argv)
-    print(run(a.ckpt, a.data, a.out, a.csp_n, a.gen_n, a.cfg_n, a.steps, a.chunk, a.seed, a.device))
+    if a.sweep:
+        print(sweep(a.ckpt, a.data, a.out, a.sweep, a.device, a.seed))
+        return
+    print(run(a.ckpt, a.data, a.out, a.csp_n, a.gen_n, a.cfg_n, a.steps, a.chunk, a.seed, a.device,
+              step_lr_csp=a.step_lr, step_lr_gen=a.step_lr, csp_k_n=a.csp_k_n, csp_k=a.csp_k, corrector=a.corrector,
+              type_noise=a.type_noise))
 
 
 if __name__ == "__main__":

@@ -23,16 +23,19 @@ def _timesteps(T: int, steps: int) -> list[int]:
     return ts
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def sample_tensors(model, sched, num_atoms: torch.Tensor, types: torch.Tensor | None = None, *,
                    props: dict | None = None, guidance: dict | None = None, chemsys: torch.Tensor | None = None,
                    chemsys_guidance: float = 0.0, steps: int | None = None, step_lr: float = 1e-5,
-                   corrector: bool = True, seed: int = 0, device: str = "cpu"):
+                   corrector: bool = True, n_corrector: int = 1, type_noise: float = 1.0, seed: int = 0,
+                   device: str = "cpu"):
     """Sample B crystals.
 
     num_atoms: [B] long. types: [Na] atomic numbers (structure prediction) or None (ab initio).
     props: {name: normalised value} (applies to all B) or {name: [B] tensor}. guidance: {name: g}.
-    chemsys: [B, N_TYPES] multi-hot (ab initio only). Returns (Z [Na], frac [Na,3], lattice rows [B,3,3] Å).
+    chemsys: [B, N_TYPES] multi-hot (ab initio only). type_noise scales the noise of the reverse type steps
+    (1 = the DDPM posterior; below 1 samples the types at a lower temperature).
+    Returns (Z [Na], frac [Na,3], lattice rows [B,3,3] Å).
     """
     dev = torch.device(device)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
@@ -106,7 +109,7 @@ def sample_tensors(model, sched, num_atoms: torch.Tensor, types: torch.Tensor | 
     for i, t in enumerate(ts):
         s = ts[i + 1] if i + 1 < len(ts) else 0
         sig_t, sig_s = sig[t], sig[s]
-        if corrector:
+        for _ in range(n_corrector if corrector else 0):
             _, sf, _ = predict(a, frac, lat, t)
             score = sf * norm[t].sqrt()
             step = step_lr * (sig_t / sched.sigma_min) ** 2
@@ -128,7 +131,7 @@ def sample_tensors(model, sched, num_atoms: torch.Tensor, types: torch.Tensor | 
             std = (beta * (1 - ab_s) / (1 - ab_t)).sqrt()
             lat = lat + std * randn(B, 3, 3)
             if not csp:
-                a = a + std * randn(Na, N_TYPES)
+                a = a + type_noise * std * randn(Na, N_TYPES)
     if csp:
         z = types.to(dev).long()
     else:

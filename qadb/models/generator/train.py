@@ -30,7 +30,19 @@ from qadb.models.generator.network import CrystalDenoiser
 
 DEFAULTS = dict(hidden=256, layers=6, n_freq=16, T=1000, sigma_min=0.005, sigma_max=0.5, batch_size=256, lr=1e-3,
                 warmup=500, weight_decay=0.0, ema=0.999, grad_clip=1.0, gen_frac=0.5, p_drop=0.3, p_uncond=0.1,
-                p_chemsys=0.5, w_lattice=1.0, w_coord=1.0, w_type=20.0, lambda_c=0.0, val_frac=0.02)
+                p_chemsys=0.5, w_lattice=1.0, w_coord=1.0, w_type=20.0, lambda_c=0.0, val_frac=0.02, lr_decay="none",
+                lr_min=0.0)
+# lr_decay="cosine": within each call, lr goes from `lr` to `lr_min` along a half cosine over the call's budget
+# (wall-clock fraction, or step fraction when --max-steps is given); warm-up applies to the first steps only.
+
+
+def lr_at(cfg: dict, step: int, frac: float) -> float:
+    """Learning rate at global `step`, `frac` of the way through this call's budget (0..1)."""
+    base = cfg["lr"]
+    if cfg.get("lr_decay", "none") == "cosine":
+        lo = float(cfg.get("lr_min", 0.0))
+        base = lo + (base - lo) * 0.5 * (1.0 + math.cos(math.pi * min(max(frac, 0.0), 1.0)))
+    return base * min(1.0, (step + 1) / cfg["warmup"])
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -253,7 +265,8 @@ def train(data: str, state: str, ckpt: str | None = None, log: str | None = None
         idx = order[ptr_ep:ptr_ep + bs]
         ptr_ep += bs
         b = data_all.batch(idx)
-        lr = cfg["lr"] * min(1.0, (step + 1) / cfg["warmup"])
+        frac = (step - step0) / max_steps if max_steps else (time.time() - t_start) / budget
+        lr = lr_at(cfg, step, frac)
         for gparam in opt.param_groups:
             gparam["lr"] = lr
         loss, o = diffusion_loss(model, sched, b, cfg, radii)
@@ -300,15 +313,45 @@ def train(data: str, state: str, ckpt: str | None = None, log: str | None = None
     return record
 
 
-def export_checkpoint(state: str, ckpt: str, dtype: str = "float32") -> dict:
-    """Write the inference checkpoint (EMA weights + config) from a train-state file."""
+def probe_throughput(data: str, sizes=(256, 1024, 2048), steps: int = 25, device: str | None = None) -> dict:
+    """Training-step time of a fresh model at several batch sizes (5 warm-up steps, then ``steps`` timed). On the
+    H100 a step is bound by kernel launches, not arithmetic, so larger batches cost almost no more time."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    blob = torch.load(data, map_location="cpu", weights_only=True)
+    d = CrystalData(blob["train"], dev)
+    model, sched = CrystalDenoiser().to(dev), Schedules().to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    res = {}
+    for bs in sizes:
+        for i in range(steps + 5):
+            if i == 5:
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.time()
+            loss, _ = diffusion_loss(model, sched, d.batch(torch.randint(0, d.n, (bs,), device=dev)), DEFAULTS)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        dt = (time.time() - t0) / steps
+        res[bs] = {"step_ms": round(1000 * dt, 1), "samples_per_s": round(bs / dt)}
+    return res
+
+
+def export_checkpoint(state: str, ckpt: str, dtype: str = "float32", sampler: dict | None = None) -> dict:
+    """Write the inference checkpoint (EMA weights + config) from a train-state file; ``sampler`` sets the
+    checkpoint's default sampler settings (steps, step_lr, corrector)."""
     st = read_raw(state, STATE_KIND)
     cfg = json.loads(st["config_json"])
     mcfg = dict(hidden=cfg["hidden"], layers=cfg["layers"], n_freq=cfg["n_freq"])
     dcfg = dict(T=cfg["T"], sigma_min=cfg["sigma_min"], sigma_max=cfg["sigma_max"])
     meta = json.loads(st["meta_json"])
     ck = make_checkpoint(mcfg, dcfg, st["ema"], st["radii"], st["num_atoms_hist"],
-                         {k: list(v) for k, v in PROP_NORM.items()}, meta, dtype=dtype)
+                         {k: list(v) for k, v in PROP_NORM.items()}, meta, dtype=dtype, sampler=sampler)
     torch.save(ck, ckpt)
     return meta
 
@@ -326,11 +369,19 @@ def main(argv=None):
     ap.add_argument("--run-name", default="")
     ap.add_argument("--ckpt-dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--export", nargs=2, metavar=("STATE", "CKPT"), help="only write CKPT from STATE")
+    ap.add_argument("--probe", action="store_true", help="only time training steps at batch 256/1024/2048")
+    ap.add_argument("--sampler", default=None,
+                    help='with --export: default sampler settings as JSON, e.g. \'{"steps": 100, "corrector": false}\'')
     for k, v in DEFAULTS.items():
         ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=None)
     a = vars(ap.parse_args(argv))
+    sampler = a.pop("sampler")
+    if a.pop("probe"):
+        print("probe", json.dumps(probe_throughput(a["data"], device=a["device"])))
+        return
     if a.pop("export") is not None:
-        print(export_checkpoint(*ap.parse_args(argv).export, dtype=a["ckpt_dtype"]))
+        print(export_checkpoint(*ap.parse_args(argv).export, dtype=a["ckpt_dtype"],
+                                sampler=json.loads(sampler) if sampler else None))
         return
     base = {k: a.pop(k) for k in ("data", "state", "ckpt", "log", "minutes", "max_steps", "seed", "device",
                                    "run_name", "ckpt_dtype")}

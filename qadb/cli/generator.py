@@ -1,0 +1,232 @@
+"""Generator commands: `qadb train generator` and `qadb sample`.
+
+Real training runs on the GPU machine (torch alone, from the source tree):
+
+    PYTHONPATH=. python -m qadb.models.generator.train --data .gen_scratch/gen_data.pt \
+        --state qadb/data/checkpoints/generator_train_state.pt --log train_logs/generator.jsonl --minutes 8 \
+        --batch-size 2048 --lr 5e-4 --lr-decay cosine --lr-min 2e-5
+
+`qadb train generator` wraps the same loop here (CPU or GPU), builds the tensors (from the staged datasets or
+from the store), and registers the resulting checkpoint in the store with its lineage. On a CPU, `--smoke`
+trains a tiny model for a few steps to check the pipeline end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+from qadb.cli.groups import cli, console, open_store, out, train
+from qadb.errors import InputError
+
+def _say(msg: str) -> None:
+    out.print(msg, soft_wrap=True, highlight=False)
+
+
+SMOKE = dict(hidden=32, layers=2, n_freq=4, batch_size=8, warmup=5)
+
+
+def _kv(items, what: str, allow_chemsys: bool = False) -> dict:
+    """Parse NAME=VALUE options into {canonical name: float}; one-line InputError when malformed."""
+    from qadb.models.generator.conditions import canonical
+
+    res = {}
+    for item in items:
+        name, sep, val = item.partition("=")
+        name, val = name.strip(), val.strip()
+        if not sep or not name or not val:
+            raise InputError(f"malformed {what} {item!r}: expected NAME=VALUE, e.g. C=0.7")
+        try:
+            num = float(val)
+        except ValueError:
+            raise InputError(f"malformed {what} {item!r}: {val!r} is not a number") from None
+        if allow_chemsys and name == "chemsys":
+            res["chemsys"] = num
+            continue
+        try:
+            res[canonical(name)] = num
+        except KeyError as e:
+            raise InputError(str(e.args[0])) from None
+    return res
+
+
+def checkpoint_id(store, path: Path, parent: str | None = None) -> str:
+    """Register a generator checkpoint file in the store (GridFS + metadata; idempotent); returns its id."""
+    from qadb.models.generator.checkpoint import read_raw
+    from qadb.store.blobs import register_checkpoint
+
+    raw = read_raw(path)
+    meta = json.loads(raw.get("meta_json", "{}"))
+    cfg = meta.get("config", {})
+    doc = register_checkpoint(
+        store, path, name="generator", kind="generator", architecture="CrystalDenoiser",
+        hyperparameters={**raw["model_config"], **raw["diffusion_config"],
+                         **{k: cfg[k] for k in ("batch_size", "lr", "lr_decay", "ema", "gen_frac", "lambda_c")
+                            if k in cfg}},
+        training_set={"data_hash": meta.get("data_hash"), "n_train": meta.get("n_train"),
+                      "source": meta.get("data_source", "staged datasets (docs/generator.md)")},
+        metrics={"step": meta.get("step"), **{f"val_{k}": v for k, v in (meta.get("val_loss_ema") or {}).items()}},
+        parent=parent)
+    return doc.id
+
+
+@train.command("generator")
+@click.option("--data", type=click.Path(path_type=Path), default=Path(".gen_scratch/gen_data.pt"), show_default=True,
+              help="Training tensors (written first by --prepare or --from-store).")
+@click.option("--prepare", is_flag=True, help="Build --data from the staged datasets (../shared/data; ~13 min).")
+@click.option("--from-store", is_flag=True, help="Build --data from the structures and labels in the store.")
+@click.option("--chemsys", default=None, help="With --from-store: only this chemical system.")
+@click.option("--limit", type=int, default=0, help="With --from-store: at most this many structures.")
+@click.option("--state", type=click.Path(path_type=Path), default=Path("generator_train_state.pt"), show_default=True,
+              help="Resumable train state (resumed when it exists).")
+@click.option("--checkpoint", "ckpt", type=click.Path(path_type=Path), default=Path("generator.pt"),
+              show_default=True, help="Inference checkpoint written at the end.")
+@click.option("--log", type=click.Path(path_type=Path), default=Path("train_logs/generator.jsonl"), show_default=True)
+@click.option("--minutes", type=float, default=8.0, show_default=True, help="Wall-clock budget of this call.")
+@click.option("--max-steps", type=int, default=0, help="Stop after this many steps (0: time budget only).")
+@click.option("--batch-size", type=int, default=None)
+@click.option("--lr", type=float, default=None)
+@click.option("--lr-decay", type=click.Choice(["none", "cosine"]), default=None)
+@click.option("--lr-min", type=float, default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
+@click.option("--smoke", is_flag=True, help="Tiny model, 20 steps: a CPU check of the pipeline, not a model.")
+@click.option("--register/--no-register", default=True, show_default=True,
+              help="Register the checkpoint in the store (GridFS, with its parent) and record the activity.")
+@click.pass_context
+def train_generator(ctx, data, prepare, from_store, chemsys, limit, state, ckpt, log, minutes, max_steps, batch_size,
+                    lr, lr_decay, lr_min, seed, device, smoke, register):
+    """Train or resume the crystal diffusion generator (see docs/generator.md)."""
+    if prepare and from_store:
+        raise InputError("give at most one of --prepare and --from-store")
+    store = None
+    if from_store or register:
+        store = open_store(ctx)
+    if prepare:
+        from qadb.models.generator import prepare as prep
+
+        prep.main(["--out", str(data)])
+    elif from_store:
+        from qadb.models.generator.store_data import write_from_store
+
+        meta = write_from_store(data, chemsys=chemsys, limit=limit)
+        console.print(f"wrote {data}: {meta['n_train']} structures from the store ({meta['counts']['store']})")
+    if not data.is_file():
+        raise InputError(f"training data {data} not found: build it with --prepare or --from-store")
+    overrides = dict(batch_size=batch_size, lr=lr, lr_decay=lr_decay, lr_min=lr_min)
+    if smoke:
+        overrides = {**SMOKE, **{k: v for k, v in overrides.items() if v is not None}}
+        max_steps = max_steps or 20
+    from qadb.models.generator.train import train as run_train
+
+    parent = None
+    if register and ckpt.is_file():
+        parent = checkpoint_id(store, ckpt)
+    t0 = time.time()
+    try:
+        rec = run_train(data=str(data), state=str(state), ckpt=str(ckpt), log=str(log), minutes=minutes,
+                        max_steps=max_steps, seed=seed, device=device, run_name=f"cli-{time.strftime('%Y%m%dT%H%M%S')}",
+                        **overrides)
+    except (KeyError, RuntimeError, EOFError) as e:
+        raise InputError(f"cannot train on {data}: {type(e).__name__}: {str(e).splitlines()[0][:160]}") from None
+    _say(f"trained steps {rec['step_start']} -> {rec['step_end']} on {rec['device']} in {rec['wall_s']} s; "
+              f"val loss (EMA) {rec['val_loss_ema']}; checkpoint {ckpt}")
+    if register:
+        from qadb import __version__
+        from qadb.store.documents import Activity, Ref, utcnow
+        from qadb.store.identity import content_hash
+
+        cid = checkpoint_id(store, ckpt, parent=parent)
+        act_id = "train-" + content_hash({"ckpt": cid, "parent": parent, "run": rec["run"]})[:20]
+        Activity(id=act_id, kind="train", status="completed",
+                 inputs=[Ref(collection="file", id=str(data), role="training data")]
+                 + ([Ref(collection="checkpoints", id=parent, role="parent")] if parent else []),
+                 parameters={k: v for k, v in rec["config"].items()}, code={"qadb": __version__},
+                 summary={"checkpoint": cid, "step_start": rec["step_start"], "step_end": rec["step_end"],
+                          "val_loss_ema": rec["val_loss_ema"], "seconds": round(time.time() - t0, 1),
+                          "data_hash": rec["data_hash"]},
+                 ended_at=utcnow()).save()
+        _say(f"registered checkpoint {cid}" + (f" (parent {parent})" if parent else ""))
+    if store is not None:
+        store.close()
+
+
+@cli.command("sample")
+@click.option("-n", "n", type=click.IntRange(1, 100000), default=10, show_default=True, help="Number of structures.")
+@click.option("--mode", type=click.Choice(["gen", "csp"]), default="gen", show_default=True,
+              help="gen: ab initio generation; csp: structure prediction for --composition.")
+@click.option("--composition", default=None, help="csp: the cell's composition, e.g. Na2Cl2 (4 sites).")
+@click.option("--chemsys", default=None, help="gen: restrict and guide the elements, e.g. Li-Fe-O.")
+@click.option("--condition", "conditions", multiple=True,
+              help="NAME=VALUE, repeatable: C (compactness), M_LED, formation_energy, E_hull, gap, K.")
+@click.option("--guidance", "guidance", multiple=True,
+              help="NAME=G guidance strength per condition (default 1.0), or chemsys=G.")
+@click.option("--steps", type=click.IntRange(1, 100000), default=None,
+              help="Reverse steps (default: the checkpoint's default_steps, else T).")
+@click.option("--step-lr", type=float, default=None, help="Langevin corrector step (default: the checkpoint's).")
+@click.option("--corrector/--no-corrector", default=None, help="Predictor-corrector (default: the checkpoint's).")
+@click.option("--type-noise", type=click.FloatRange(0, 2), default=None,
+              help="gen: scale of the reverse type noise (default: the checkpoint's; 1 = plain DDPM).")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None,
+              help="CPU torch threads (default: the idle cores, at least 1).")
+@click.option("--num-atoms", type=click.IntRange(1, 100), default=None, help="gen: fixed number of sites.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--checkpoint", "ckpt", type=click.Path(path_type=Path), default=None,
+              help="Generator checkpoint (default: the committed qadb/data/checkpoints/generator_default.pt).")
+@click.option("--store/--no-store", "to_store", default=True, show_default=True,
+              help="Store the samples as structures (origin: checkpoint + settings).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="Also write the structures to a JSON file (list of pymatgen dicts).")
+@click.pass_context
+def sample_cmd(ctx, n, mode, composition, chemsys, conditions, guidance, steps, step_lr, corrector, type_noise,
+               threads, num_atoms, seed, device, ckpt, to_store, output):
+    """Sample crystals from the generator and store them with their provenance."""
+    from qadb.models.generator.api import DEFAULT_CHECKPOINT, sample, sampler_defaults
+    from qadb.models.generator.checkpoint import load_checkpoint
+
+    if mode == "csp" and not composition:
+        raise InputError("--mode csp needs --composition")
+    if mode == "csp" and chemsys:
+        raise InputError("--chemsys applies to --mode gen (csp takes --composition)")
+    if mode == "gen" and composition:
+        raise InputError("--composition applies to --mode csp (gen takes --chemsys)")
+    cond = _kv(conditions, "condition")
+    guid = _kv(guidance, "guidance", allow_chemsys=True)
+    stray = sorted(set(guid) - set(cond) - {"chemsys"})
+    if stray:
+        raise InputError(f"--guidance for {', '.join(stray)} without a --condition for it")
+    if "chemsys" in guid and not chemsys:
+        raise InputError("--guidance chemsys=G needs --chemsys")
+    path = Path(ckpt) if ckpt else DEFAULT_CHECKPOINT
+    store = open_store(ctx) if to_store else None
+    gen = load_checkpoint(path, device=device)
+    settings = sampler_defaults(gen, steps=steps, step_lr=step_lr, corrector=corrector, type_noise=type_noise)
+    t0 = time.time()
+    structs = sample(gen, n=n, mode=mode, composition=composition, chemsys=chemsys, conditions=cond or None,
+                     guidance=guid or None, seed=seed, device=device, num_atoms=num_atoms, threads=threads,
+                     **settings)
+    dt = time.time() - t0
+    params = {"n": n, "mode": mode, "composition": composition, "chemsys": chemsys, "conditions": cond,
+              "guidance": guid, "seed": seed, "device": device, "num_atoms": num_atoms, **settings}
+    params = {k: v for k, v in params.items() if v not in (None, {})}
+    _say(f"sampled {len(structs)} structures in {dt:.1f} s ({settings['steps']} steps, "
+              f"corrector {'on' if settings['corrector'] else 'off'})")
+    if output:
+        output.write_text(json.dumps([s.as_dict() for s in structs]))
+        _say(f"wrote {output}")
+    if store is not None:
+        from qadb.models.generator.store_samples import store_samples
+
+        with store:
+            cid = checkpoint_id(store, path)
+            rep = store_samples(structs, checkpoint=cid, settings=params, seconds=dt)
+        _say(f"stored {rep['stored']} new structures ({rep['duplicates']} already stored, "
+                  f"{rep['invalid']} invalid not stored: {rep['invalid_reasons']}) from checkpoint {cid}; "
+                  f"activity {rep['activity']}")
+    else:
+        for s in structs[:20]:
+            _say(f"{s.composition.reduced_formula:>14s}  {len(s):3d} sites  {s.volume / len(s):6.2f} Å³/atom")
