@@ -114,7 +114,7 @@ class Engine:
 
     # --- phases ------------------------------------------------------------------------------
     def _generate(self, doc: CampaignDoc, cyc: CycleDoc) -> None:
-        seen = set(state.labelled(self.cid)) | {state._unkey(f) for c in state.cycles(self.cid) for f in c.failed}
+        seen = set(state.labelled(self.cid)) | {state.unkey(f) for c in state.cycles(self.cid) for f in c.failed}
         ids = self.parts.source.candidates(doc.cycle, seen, self.recipe["candidates"]["n"], doc.seed)
         counts = {"generated": len(ids)}
         if self.parts.filters:
@@ -170,7 +170,7 @@ class Engine:
         self.say(f"cycle {doc.cycle}: {len(cyc.labels)} labelled at {self.parts.labeller.fidelity}, {len(cyc.failed)} failed")
 
     def _augment(self, doc: CampaignDoc, cyc: CycleDoc) -> None:
-        ids = [state._unkey(k) for k in cyc.labels]
+        ids = [state.unkey(k) for k in cyc.labels]
         y_high = np.array([cyc.labels[state.key(i)] for i in ids])
         y_low = np.array([cyc.predictions.get(state.key(i), {}).get("y_low", np.nan) for i in ids])
         hits = [i for i, h in zip(ids, self.parts.hit(y_high, y_low)) if h]

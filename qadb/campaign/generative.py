@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 
@@ -60,14 +61,14 @@ class GeneratorSource:
 
     @cached_property
     def _generator(self):
-        from qadb.models.generator import load_checkpoint
-        from qadb.models.generator.api import DEFAULT_CHECKPOINT
+        from qadb.models.generator import DEFAULT_CHECKPOINT, load_checkpoint
 
         return load_checkpoint(self.settings.get("checkpoint") or DEFAULT_CHECKPOINT)
 
     def candidates(self, cycle: int, exclude: set[str], n: int, seed: int) -> list[str]:
-        from qadb.models.generator import sample
-        from qadb.workflows.persist import store_structure
+        from qadb.models.generator import DEFAULT_CHECKPOINT, sample
+        from qadb.models.generator.store_samples import checkpoint_id, store_samples
+        from qadb.store.connection import current
 
         s = self.settings
         cycle_seed = int(np.random.default_rng([seed, cycle, 3]).integers(2**31))
@@ -75,17 +76,9 @@ class GeneratorSource:
                           chemsys=s.get("chemsys"), conditions=s.get("conditions") or None,
                           guidance=s.get("guidance") or None, steps=s.get("steps"), seed=cycle_seed)
         settings = {**{k: v for k, v in s.items() if v not in (None, {})}, "seed": cycle_seed}
-        origin = Origin(kind="generated", activity=f"sample-{self.cid}-c{cycle:03d}", campaign=self.cid, cycle=cycle,
-                        checkpoint=str(s.get("checkpoint") or "default"), settings=settings)
-        ids = []
-        for crystal in crystals:
-            try:
-                sid = store_structure(crystal, origin)
-            except Exception:  # noqa: BLE001 - an unphysical sample (overlapping atoms, NaN cell) is skipped
-                continue
-            if sid not in exclude and sid not in ids:
-                ids.append(sid)
-        return ids
+        ckpt = checkpoint_id(current(), Path(s.get("checkpoint") or DEFAULT_CHECKPOINT))
+        ids = store_samples(crystals, checkpoint=ckpt, settings=settings, campaign=self.cid, cycle=cycle)["ids"]
+        return [i for i in dict.fromkeys(ids) if i not in exclude]
 
     def features(self, ids: list[str]) -> np.ndarray:
         return standardise(self.structures.fingerprints(ids))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pymatgen.core import Composition
 
 from qadb import config
 from qadb.campaign.acquisition import Window
@@ -143,11 +144,8 @@ def _mp_structure_table(data_dir: str) -> pd.DataFrame:
                 continue
             summ = _cif_summary(r.cif)
             if summ:
-                n = len(re.findall(r"[A-Z][a-z]?\d*\.?\d*", summ[0]))
-                from pymatgen.core import Composition
-
-                comp = Composition(summ[0])
-                rows[r.material_id] = {"formula": summ[0], "volume": summ[1], "nsites": int(round(comp.num_atoms)) or n,
+                rows[r.material_id] = {"formula": summ[0], "volume": summ[1],
+                                       "nsites": int(round(Composition(summ[0]).num_atoms)),
                                        "spacegroup": None, "e_form": r.formation_energy_per_atom}
     return pd.DataFrame.from_dict(rows, orient="index")
 

@@ -61,7 +61,7 @@ def labelled(cid: str, through: int | None = None) -> dict[str, float]:
     out: dict[str, float] = {}
     for c in cycles(cid):
         if through is None or c.index <= through:
-            out.update({_unkey(k): float(v) for k, v in c.labels.items()})
+            out.update({unkey(k): float(v) for k, v in c.labels.items()})
     return out
 
 
@@ -75,5 +75,5 @@ def key(doc_id: str) -> str:
     return doc_id.replace(".", "\uff0e").replace("$", "\uff04")
 
 
-def _unkey(k: str) -> str:
+def unkey(k: str) -> str:
     return k.replace("\uff0e", ".").replace("\uff04", "$")

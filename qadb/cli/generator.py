@@ -53,26 +53,6 @@ def _kv(items, what: str, allow_chemsys: bool = False) -> dict:
     return res
 
 
-def checkpoint_id(store, path: Path, parent: str | None = None) -> str:
-    """Register a generator checkpoint file in the store (GridFS + metadata; idempotent); returns its id."""
-    from qadb.models.generator.checkpoint import read_raw
-    from qadb.store.blobs import register_checkpoint
-
-    raw = read_raw(path)
-    meta = json.loads(raw.get("meta_json", "{}"))
-    cfg = meta.get("config", {})
-    doc = register_checkpoint(
-        store, path, name="generator", kind="generator", architecture="CrystalDenoiser",
-        hyperparameters={**raw["model_config"], **raw["diffusion_config"],
-                         **{k: cfg[k] for k in ("batch_size", "lr", "lr_decay", "ema", "gen_frac", "lambda_c")
-                            if k in cfg}},
-        training_set={"data_hash": meta.get("data_hash"), "n_train": meta.get("n_train"),
-                      "source": meta.get("data_source", "staged datasets (docs/generator.md)")},
-        metrics={"step": meta.get("step"), **{f"val_{k}": v for k, v in (meta.get("val_loss_ema") or {}).items()}},
-        parent=parent)
-    return doc.id
-
-
 @train.command("generator")
 @click.option("--data", type=click.Path(path_type=Path), default=Path(".gen_scratch/gen_data.pt"), show_default=True,
               help="Training tensors (written first by --prepare or --from-store).")
@@ -120,6 +100,7 @@ def train_generator(ctx, data, prepare, from_store, chemsys, limit, state, ckpt,
     if smoke:
         overrides = {**SMOKE, **{k: v for k, v in overrides.items() if v is not None}}
         max_steps = max_steps or 20
+    from qadb.models.generator.store_samples import checkpoint_id
     from qadb.models.generator.train import train as run_train
 
     parent = None
@@ -219,7 +200,7 @@ def sample_cmd(ctx, n, mode, composition, chemsys, conditions, guidance, steps, 
         output.write_text(json.dumps([s.as_dict() for s in structs]))
         _say(f"wrote {output}")
     if store is not None:
-        from qadb.models.generator.store_samples import store_samples
+        from qadb.models.generator.store_samples import checkpoint_id, store_samples
 
         with store:
             cid = checkpoint_id(store, path)

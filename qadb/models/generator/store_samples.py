@@ -9,7 +9,9 @@ counted with the reason.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from pathlib import Path
 
 from qadb import __version__
 from qadb.errors import InputError
@@ -46,13 +48,8 @@ def store_samples(structures, *, checkpoint: str, settings: dict, seconds: float
             continue
         member = Member(struct_hash=ident.struct_hash, source="generator", spacegroup=ident.spacegroup,
                         volume_per_atom=ident.volume_per_atom, origin=origin)
-        doc = StructureDoc(
-            id=mid, structure={"sites": []}, formula=ident.formula, formula_pretty=ident.formula_pretty,
-            chemsys=ident.chemsys, elements=ident.elements, nelements=len(ident.elements), nsites=ident.nsites,
-            spacegroup=ident.spacegroup, spacegroup_symbol=ident.spacegroup_symbol, volume=ident.volume,
-            volume_per_atom=ident.volume_per_atom, density=ident.density, dedupe_key=ident.dedupe_key,
-            struct_hash=ident.struct_hash, members=[member], origin=origin, campaign=campaign,
-            flags=["generated"])
+        doc = StructureDoc(id=mid, **{**ident.document_fields(), "structure": {"sites": []}}, members=[member],
+                           origin=origin, campaign=campaign, flags=["generated"])
         doc.validate()
         raw = doc.to_mongo().to_dict()
         raw["structure"] = ident.structure
@@ -68,3 +65,23 @@ def store_samples(structures, *, checkpoint: str, settings: dict, seconds: float
         summary["sample_seconds"] = round(float(seconds), 2)
     Activity.objects(id=act_id).update_one(set__status="completed", set__summary=summary, set__ended_at=utcnow())
     return {**summary, "activity": act_id, "ids": ids}
+
+
+def checkpoint_id(store, path: Path, parent: str | None = None) -> str:
+    """Register a generator checkpoint file in the store (GridFS + metadata; idempotent); returns its id."""
+    from qadb.models.generator.checkpoint import read_raw
+    from qadb.store.blobs import register_checkpoint
+
+    raw = read_raw(path)
+    meta = json.loads(raw.get("meta_json", "{}"))
+    cfg = meta.get("config", {})
+    doc = register_checkpoint(
+        store, path, name="generator", kind="generator", architecture="CrystalDenoiser",
+        hyperparameters={**raw["model_config"], **raw["diffusion_config"],
+                         **{k: cfg[k] for k in ("batch_size", "lr", "lr_decay", "ema", "gen_frac", "lambda_c")
+                            if k in cfg}},
+        training_set={"data_hash": meta.get("data_hash"), "n_train": meta.get("n_train"),
+                      "source": meta.get("data_source", "staged datasets (docs/generator.md)")},
+        metrics={"step": meta.get("step"), **{f"val_{k}": v for k, v in (meta.get("val_loss_ema") or {}).items()}},
+        parent=parent)
+    return doc.id
