@@ -19,6 +19,8 @@ import argparse
 import itertools
 import json
 import math
+import os
+import platform
 import sys
 import time
 import warnings
@@ -361,8 +363,6 @@ def main(argv=None):
     if abl:
         res["ablation_compactness_loss"] = abl
     if a.cpu_sample:
-        import os
-
         from qadb.models.generator import load_checkpoint, sample
         from qadb.models.generator.api import sampler_defaults
 
@@ -390,15 +390,39 @@ def main(argv=None):
     out = Path(a.out)
     if a.update and out.exists():
         old = json.loads(out.read_text())
-        old.update({k: v for k, v in res.items() if v is not None or k not in old})
-        res = old
+        details = {**old.get("details", {}), **{k: v["value"] for k, v in old.get("metrics", {}).items()}}
+        details.update({k: v for k, v in res.items() if v is not None or k not in details})
+        res = details
+    doc = contract(res)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1))
-    md = ["| metric | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in res.items()
-                                                if not isinstance(v, (dict, list))]
+    out.write_text(json.dumps(doc, indent=1))
+    md = ["| metric | value | unit | target | direction |", "|---|---|---|---|---|"]
+    md += [f"| {k} | {m['value']} | {m['unit']} | {m['target']} | {m['direction']} |" for k, m in doc["metrics"].items()]
     out.with_suffix(".md").write_text("\n".join(md) + "\n")
-    print(json.dumps({k: v for k, v in res.items() if not isinstance(v, dict)}, indent=1))
+    print("\n".join(md))
 
+
+# the issue's metric names: unit, target, direction ("max" or "min")
+METRICS = {
+    "csp_match_rate_1": ("%", 55.0, "max"), "csp_rmse_1": ("fraction of (V/N)^(1/3)", None, "min"),
+    "csp_match_rate_20": ("%", None, "max"), "csp_rmse_20": ("fraction of (V/N)^(1/3)", None, "min"),
+    "struct_validity": ("%", None, "max"), "comp_validity": ("%", 85.0, "max"),
+    "cov_r": ("%", None, "max"), "cov_p": ("%", None, "max"),
+    "wdist_density": ("g/cm^3", None, "min"), "wdist_nelem": ("elements", None, "min"),
+    "uniqueness": ("%", None, "max"), "novelty": ("%", None, "max"), "sun_rate": ("%", 25.0, "max"),
+    "sample_1000_gpu_s": ("s", 60.0, "min"), "sample_100_cpu_s": ("s", 120.0, "min"),
+    "cfg_shift_c": ("ratio", None, "max"), "cfg_shift_mled": ("ratio", None, "max"),
+}
+
+
+def contract(res: dict) -> dict:
+    """The shared bench JSON: measured issue metrics under `metrics`, everything else (counts, notes) in `details`."""
+    metrics = {k: {"value": res[k], "unit": u, "target": t, "direction": d}
+               for k, (u, t, d) in METRICS.items() if res.get(k) is not None}
+    details = {k: v for k, v in res.items() if k not in metrics}
+    details["not_measured"] = [k for k in METRICS if k not in metrics]
+    env = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()}
+    return {"area": "generator", "quick": bool(res.get("quick")), "env": env, "metrics": metrics, "details": details}
 
 if __name__ == "__main__":
     main()

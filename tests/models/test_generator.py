@@ -290,3 +290,22 @@ def test_cli_train_generator_smoke_from_store(tmp_path, embedded_uri):
     assert r2.returncode == 0, r2.stderr
     assert "parent generator@" in r2.stdout
     assert load_checkpoint(tmp_path / "g.pt").meta["step"] == 6
+
+
+def test_grow_fourier_preserves_the_function():
+    from qadb.models.generator.network import grow_fourier
+
+    torch.manual_seed(1)
+    small = CrystalDenoiser(hidden=32, layers=2, n_freq=4).double().eval()
+    big = CrystalDenoiser(hidden=32, layers=2, n_freq=9).double().eval()
+    big.load_state_dict(grow_fourier(small.state_dict(), 4, 9))
+    na, types, frac, lat, props, pmask, chemsys, mode = _batch()
+    args = (na, types, frac.double(), lat.double(), props.double(), pmask, chemsys.double(), mode)
+    for a, b in zip(_run(small, *args), _run(big, *args)):
+        assert torch.allclose(a, b, atol=1e-12)
+    # the grown inputs are live: their gradient is not zero, so training can use them
+    big.train()
+    _run(big, *args)[1].pow(2).sum().backward()
+    assert big.layers[0].w_geo.weight.grad[:, 4:9].abs().sum() > 0
+    with pytest.raises(ValueError, match="shrink"):
+        grow_fourier(small.state_dict(), 4, 2)

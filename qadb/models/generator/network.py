@@ -40,6 +40,33 @@ def scatter_mean(x: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
     return out / cnt.clamp(min=1)[:, None]
 
 
+def fourier_columns(old: int, new: int) -> torch.Tensor:
+    """Where each geometric input of a layer built with `old` Fourier frequencies sits with `new` >= `old`.
+
+    Inputs are laid out per fractional axis as [sin k=1..n, cos k=1..n], then the six Gram invariants.
+    """
+    if new < old:
+        raise ValueError(f"cannot shrink the Fourier features from {old} to {new} frequencies")
+    cols = [a * 2 * new + part * new + j for a in range(3) for part in range(2) for j in range(old)]
+    return torch.tensor(cols + [6 * new + g for g in range(6)])
+
+
+def grow_fourier(tensors: dict, old: int, new: int) -> dict:
+    """Copy of a state dict (or same-keyed moments) for `new` frequencies; the added inputs get zero weight.
+
+    A denoiser grown this way computes exactly what the old one did, so training can resume from a trained
+    state and learn to use the finer frequencies instead of starting from scratch.
+    """
+    cols = fourier_columns(old, new)
+    out = dict(tensors)
+    for key, w in tensors.items():
+        if key.endswith("w_geo.weight"):
+            grown = w.new_zeros(w.shape[0], 6 * new + 6)
+            grown[:, cols] = w
+            out[key] = grown
+    return out
+
+
 class Layer(nn.Module):
     def __init__(self, h: int, n_fourier: int):
         super().__init__()

@@ -22,11 +22,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from qadb.models.generator.checkpoint import STATE_KIND, FORMAT_VERSION, make_checkpoint, read_raw
 from qadb.models.generator.conditions import N_TYPES, PROP_NORM, PROPS
 from qadb.models.generator.diffusion import Schedules, wrapped_normal_score
-from qadb.models.generator.network import CrystalDenoiser
+from qadb.models.generator.network import CrystalDenoiser, grow_fourier
 
 DEFAULTS = dict(hidden=256, layers=6, n_freq=16, T=1000, sigma_min=0.005, sigma_max=0.5, batch_size=256, lr=1e-3,
                 warmup=500, weight_decay=0.0, ema=0.999, grad_clip=1.0, gen_frac=0.5, p_drop=0.3, p_uncond=0.1,
@@ -146,9 +147,16 @@ def opt_state_compact(opt):
         sd["param_groups"])}
 
 
-def opt_state_restore(opt, comp):
-    state = {int(k): {kk: (vv.float() if torch.is_tensor(vv) and vv.dtype == torch.bfloat16 else vv)
-                      for kk, vv in v.items()} for k, v in comp["state"].items()}
+def opt_state_restore(opt, comp, model: nn.Module, old_freq: int, new_freq: int):
+    """AdamW moments back in fp32; those of grown Fourier weights grown like the weights (zeros for new inputs)."""
+    names = [name for name, _ in model.named_parameters()]
+    state = {}
+    for k, v in comp["state"].items():
+        moments = {kk: (vv.float() if torch.is_tensor(vv) and vv.dtype == torch.bfloat16 else vv) for kk, vv in v.items()}
+        if names[int(k)].endswith("w_geo.weight"):
+            moments = {kk: grow_fourier({"w_geo.weight": vv}, old_freq, new_freq)["w_geo.weight"] if kk != "step"
+                       else vv for kk, vv in moments.items()}
+        state[int(k)] = moments
     opt.load_state_dict({"state": state, "param_groups": json.loads(comp["param_groups_json"])})
 
 
@@ -194,9 +202,10 @@ def train(data: str, state: str, ckpt: str | None = None, log: str | None = None
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     step = 0
     if resumed is not None:
-        model.load_state_dict(resumed["model"])
-        ema.load_state_dict(resumed["ema"])
-        opt_state_restore(opt, resumed["opt"])
+        old_freq = json.loads(resumed["config_json"])["n_freq"]
+        model.load_state_dict(grow_fourier(resumed["model"], old_freq, cfg["n_freq"]))
+        ema.load_state_dict(grow_fourier(resumed["ema"], old_freq, cfg["n_freq"]))
+        opt_state_restore(opt, resumed["opt"], model, old_freq, cfg["n_freq"])
         step = int(resumed["step"])
         torch.set_rng_state(resumed["rng_cpu"])
         if dev.type == "cuda" and "rng_cuda" in resumed:
