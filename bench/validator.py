@@ -1,7 +1,7 @@
 """Benchmark of the MF-ENNP validator and the Φ_Q proxy on the held-out split of the staged data.
 
     python bench/validator.py [--quick] [--out FILE] [--checkpoint PT] [--proxy-checkpoint PT]
-                              [--ablation PT] [--cache DIR] [--mlip N]
+                              [--ablation PT] [--cache DIR] [--mlip N] [--mlip-member chgnet|NPZ|none]
 
 Prints a markdown table and writes JSON (default bench/results/validator.json):
 {"area": "validator", "quick", "env", "metrics": {name: {"value", "unit", "target", "direction"}}},
@@ -12,7 +12,12 @@ level; the committed checkpoints never saw these formulas. The MF-ENNP takes NO 
 input: it predicts every level (and experiment) from the structure alone. Rows marked
 "structure + DFT" in the ablation table do take the r2SCAN DFT energy as input (Δ-learning); the
 DFT functionals' own errors on the same FERE test compounds are listed for a like-with-like
-comparison. --quick subsamples the MP (PBE+U) test rows and the proxy test rows.
+comparison. The MLIP member (`qadb.models.validator.mlip_member`, ``predict(..., mlip_member="chgnet")``)
+is structure-only too: bundled CHGNet energies of the given structure + the MF-ENNP PBE+U head,
+co-kriged to experiment; it was fitted on EXP train+val rows only (artifact
+qadb/data/checkpoints/validator_mlip_chgnet.npz), and its rows here are its only test evaluation, next
+to the pure "MLIP energy + chemical potentials fitted to EXP" baselines. --quick subsamples the MP
+(PBE+U) test rows and the proxy test rows.
 """
 
 from __future__ import annotations
@@ -155,6 +160,89 @@ def mlip_baselines(all_recs, n_mp_test: int, n_mp_train: int, seed: int, validat
     return res
 
 
+MLIP_MEMBER_METHOD = "MLIP member: cokriging_AR1(CHGNet-PBE, CHGNet-r2SCAN, MF-ENNP PBE+U head)"
+
+
+def mlip_member_rows(ref, validator_ckpt, structs_te, y_te, fere_t, X_te, lv_pred):
+    """Structure-only rows for the ablation table from the fitted MLIP member (its only test evaluation)
+    and the pure "MLIP energy + per-element chemical potentials" baselines, μ refitted here on the
+    member's stored train+val arrays (never on test). Returns ({name: (errs all EXP test | None, errs
+    FERE test | None, note)}, info)."""
+    from qadb.models.validator import mlip_member as MM
+    from qadb.models.validator import uncertainty as U
+    from qadb.models.validator.baselines import CoKriging
+
+    mm = MM.load_member(ref)
+    MM.check_validator(mm, validator_ckpt)
+    t = time.time()
+    E_te = mm.energies(structs_te)
+    secs = time.time() - t
+    A = mm.arrays
+    E_fit, X_fit, y_fit, fere_fit, used = A["e_mlip"], A["X"], A["y"], A["fere"], A["used"]
+    pred, sd_raw = mm.predict(E_te, X_te, lv_pred, raw_std=True)
+    sd = mm.sigma_scale * sd_raw
+    k = len(mm.mlip_keys)
+    d = mm.meta["design"]
+    short = {"MLIP:CHGNet@0.3.0": "CHGNet-PBE", "MLIP:CHGNet-r2SCAN@0.4.2": "CHGNet-r2SCAN"}
+    cols = ", ".join([short.get(f, f) for f in mm.fidelities] + [f"MF-ENNP {f} head" for f in d["features"]])
+    name = f"MLIP member: cokriging_AR1({cols})"
+    rows: dict = {}
+    info = {"method": name, "design": d, "gp": mm.meta["gp"], "mu": mm.meta["mu"], "rows": mm.meta["rows"],
+            "selection": mm.meta["selection"], "mlip_fidelities": mm.fidelities, "artifact": str(ref),
+            "mlip_seconds_exp_test": round(secs, 1), "n_exp_test": int(len(y_te)),
+            "ece_exp_test": U.ece(y_te, pred, sd), "ece_fere_test": U.ece(y_te[fere_t], pred[fere_t], sd[fere_t]),
+            "ece_raw_exp_test": U.ece(y_te, pred, sd_raw), "sigma_scale": mm.sigma_scale,
+            "mean_sigma_exp_test": float(np.mean(sd))}
+    base_pbe = None
+    for j, fid in enumerate(mm.fidelities):
+        nm = short.get(fid, fid)
+        mu = MM.fit_mu(X_fit[fere_fit], E_fit[fere_fit, j], y_fit[fere_fit])
+        e = np.abs(E_te[:, j] - X_te @ mu - y_te)
+        rows[f"{fid} + μ fitted to EXP (FERE fit, {int(fere_fit.sum())})"] = (
+            None, e[fere_t], f"{nm} single-point energy − per-element μ (ridge) fitted to EXP on the FERE fit compounds")
+        if j == 0:
+            base_pbe = f"{fid} + μ fitted to EXP (FERE fit, {int(fere_fit.sum())})"
+        mu = MM.fit_mu(X_fit, E_fit[:, j], y_fit)
+        rows[f"{fid} + μ fitted to EXP (all EXP fit, {len(y_fit)})"] = (
+            np.abs(E_te[:, j] - X_te @ mu - y_te), None, f"{nm} energy − μ fitted to EXP on every EXP train+val row")
+    f_low = mm.f_low(E_te, X_te)
+    for j, fid in enumerate(mm.fidelities):
+        rows[f"{fid} + μ fitted to MP PBE+U (member input alone)"] = (
+            np.abs(f_low[:, j] - y_te), None, "the low-fidelity member's formation energy, no correction to EXP")
+    if d["features"]:
+        lin = MM.LINEAR_RATIOS if d["linear"] else None
+        ck = CoKriging().fit(A["F"][used][:, :k], X_fit[used], y_fit[used], linear=lin)
+        rows[name.replace("MLIP member: ", "ablation, no MF-ENNP column: ").replace(
+            ", " + ", ".join(f"MF-ENNP {f} head" for f in d["features"]), "")] = (
+            np.abs(ck.predict(f_low, X_te) - y_te), None, "the selected design without the MF-ENNP mean column")
+    # paired differences of the member vs the pure CHGNet + μ→EXP baseline and vs its own no-MF-ENNP ablation
+    err = np.abs(pred - y_te)
+    paired = lambda a, b: float(np.mean(a - b))  # noqa: E731
+    info["delta_vs_baseline_pbe_mu_exp_fere"] = U.bootstrap_ci(paired, err[fere_t], rows[base_pbe][1])
+    for nm, r in rows.items():
+        if nm.startswith("ablation, no MF-ENNP"):
+            info["delta_vs_no_mfennp_column_exp_test"] = U.bootstrap_ci(paired, err, r[0])
+            info["delta_vs_no_mfennp_column_fere"] = U.bootstrap_ci(paired, err[fere_t], r[0][fere_t])
+    rows[name] = (err, None, f"selected on EXP val ({mm.meta['selection']['criterion']}); "
+                  f"rho {np.round(mm.meta['gp']['rho'], 3).tolist()}, GP lengthscale {mm.meta['gp']['lengthscale']:.2f}")
+    info["baseline_pbe_mu_exp_fere"] = base_pbe
+    return rows, info
+
+
+def _mlip_member_throughput(structs, checkpoint, ref) -> dict:
+    """predict() with the MLIP member (featurise + MF-ENNP + CHGNet models + GP), 1 torch thread."""
+    import torch
+
+    from qadb.models.validator.api import predict
+
+    torch.set_num_threads(1)
+    predict(structs[:8], checkpoint=checkpoint, proxy_checkpoint=False, mlip_member=ref)  # loads the MLIPs
+    t = time.perf_counter()
+    predict(structs, checkpoint=checkpoint, proxy_checkpoint=False, mlip_member=ref)
+    dt = time.perf_counter() - t
+    return {"per_s": len(structs) / dt, "n": len(structs), "seconds": round(dt, 2), "threads": 1}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -169,6 +257,8 @@ def main(argv=None):
     ap.add_argument("--mlip", type=int, default=0,
                     help="compute the MLIP baselines here on N MP test rows (+2N fit rows) and all FERE rows (slow)")
     ap.add_argument("--mlip-only", action="store_true", help="only the MLIP baselines, written to --out")
+    ap.add_argument("--mlip-member", default="chgnet",
+                    help="MLIP member to evaluate on the test rows (name or .npz artifact; 'none' to skip)")
     ap.add_argument("--mlip-json", default=str(REPO / "bench" / "results" / "validator_mlip.json"),
                     help="MLIP baselines computed earlier with --mlip-only (included when present)")
     a = ap.parse_args(argv)
@@ -222,27 +312,34 @@ def main(argv=None):
                          label=f"EXP test (n={len(x['exp_test_y'])})", sigma_scale=scale)
     M: dict[str, dict] = {}
 
-    def put(name, value, unit, target=None, direction="lower"):
+    def put(name, value, unit, target=None, direction="min", **more):
+        """One metric {"value", "unit", "target", "direction"} (direction "min" or "max") + extra keys."""
         if value is None or (isinstance(value, float) and not np.isfinite(value)):
             return
-        M[name] = {"value": float(value), "unit": unit, "target": target, "direction": direction}
+        direction = {"lower": "min", "higher": "max"}.get(direction, direction)
+        if direction not in ("min", "max"):
+            raise ValueError(f"metric direction must be 'min' or 'max', got {direction!r}")
+        M[name] = {"value": float(value), "unit": unit, "target": None if target is None else float(target),
+                   "direction": direction, **more}
 
     for lv in D.LEVEL_FIDELITY:
         k = f"mae_{D.level_slug(lv)}_ev_per_atom"
         put(k, m.get(k), "eV/atom", 0.1 if lv == D.ROOT_LEVEL else None)
     put("mae_pbe_u_mp20_ev_per_atom", m.get("mae_pbe_u_mp20_ev_per_atom"), "eV/atom", 0.1)
     r2_dft = m.get("dft_r2scan_vs_exp_mae_fere_test_ev_per_atom")
-    put("mae_exp_fere_ev_per_atom", m.get("mae_exp_fere_ev_per_atom"), "eV/atom", r2_dft, "lower")
+    put("mae_exp_fere_ev_per_atom", m.get("mae_exp_fere_ev_per_atom"), "eV/atom", r2_dft, "min")
     for lv in ("r2scan", "scan", "r2scan_u", "scan_u", "pbe_u_fere"):
         put(f"dft_{lv}_vs_exp_mae_fere_test_ev_per_atom", m.get(f"dft_{lv}_vs_exp_mae_fere_test_ev_per_atom"), "eV/atom")
-    put("ece", m.get("ece"), "fraction", 0.05, "lower")
-    put("ece_raw", m.get("ece_raw"), "fraction", 0.05, "lower")
+    put("ece", m.get("ece"), "fraction", 0.05, "min")
+    put("ece_raw", m.get("ece_raw"), "fraction", 0.05, "min")
     for suf in ("", "_mp"):
         for k in ("divergence_r2_abs", "divergence_r2_rel", "divergence_r2_sgn", "divergence_r2"):
-            put(k + suf, m.get(k + suf), "R^2", 0.8 if k == "divergence_r2" and not suf else None, "higher")
+            put(k + suf, m.get(k + suf), "R^2", 0.8 if k == "divergence_r2" and not suf else None, "max")
     # ablation / alternatives (bootstrap 95 % CIs) on every EXP row's structure
-    ab_rows = {}
-    if abl.exists():
+    # (the hierarchy ablation needs validator_ablation.pt; without it the table still has the default
+    # checkpoint, the MLIP rows and the DFT rows)
+    ab_rows, mm_extra, mm_info = {}, None, {}
+    if "exp_test_keys" in x:
         exp_all = [r for r in all_recs if r["level"] == "EXP"]
         g_u, g_i = D.featurize_records(exp_all, cache=a.cache, cutoff=cfg["cutoff"], max_neighbors=cfg["max_neighbors"])
         g_exp = [g_u[g_i[r["key"]]] for r in exp_all]
@@ -257,21 +354,57 @@ def main(argv=None):
         order = {k: i for i, k in enumerate(x["exp_test_keys"])}
         keys_t = [r["key"] for r in exp_all if D.split_of(r["formula"]) == "test"]
         lv_pred = {l: np.asarray(v)[[order[k] for k in keys_t]] for l, v in x["exp_test_levels"].items()}
-        models = AB.load_ablation(abl)
+        models = AB.load_ablation(abl) if abl.exists() else {}
         models["default checkpoint (full, 300 s)"] = (members, cfg, extra)
-        ab_rows = AB.ablation_rows(models, g_exp, y_exp, split_exp, fere_t, form_t, dft, exp_fere, lv_pred, seed=a.seed)
+        if a.mlip_member != "none":
+            try:
+                from qadb.models.validator.baselines import composition_features
+
+                s_te = [structure_from_any(r["structure"]) for r, t in zip(exp_all, te) if t]
+                mm_extra, mm_info = mlip_member_rows(a.mlip_member, ckpt, s_te, y_exp[te], fere_t,
+                                                     composition_features([g for g, t in zip(g_exp, te) if t]), lv_pred)
+            except Exception as exc:  # noqa: BLE001 - chgnet missing, artifact missing or stale: say so, go on
+                mm_info = {"skipped": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+                print(f"MLIP member skipped: {mm_info['skipped']}", file=sys.stderr)
+        ab_rows = AB.ablation_rows(models, g_exp, y_exp, split_exp, fere_t, form_t, dft, exp_fere, lv_pred, seed=a.seed,
+                                   extra_structure_only=mm_extra)
         put("ablation_full_mae_exp_ev_per_atom", ab_rows.get("full", {}).get("mae_exp_test", [None])[0], "eV/atom")
         for kind, flag in (("structure_only", True), ("dft_input", False)):
             best = min(((r["mae_fere_test"][0], n) for n, r in ab_rows.items()
                         if r["mae_fere_test"] and r["structure_only"] == flag and "itself" not in n), default=None)
             if best:
-                put(f"best_{kind}_mae_exp_fere_ev_per_atom", best[0], "eV/atom", r2_dft)
-                ab_best = M[f"best_{kind}_mae_exp_fere_ev_per_atom"]
-                ab_best["method"] = best[1]
+                put(f"best_{kind}_mae_exp_fere_ev_per_atom", best[0], "eV/atom", r2_dft, "min", method=best[1],
+                    ci95=list(ab_rows[best[1]]["mae_fere_test"][1:]), input="structure" if flag else "structure + DFT")
+        mm_name = mm_info.get("method")
+        if mm_name in ab_rows:
+            r, mmx = ab_rows[mm_name], mm_info
+            put("mae_exp_fere_mlip_member_ev_per_atom", r["mae_fere_test"][0], "eV/atom", r2_dft, "min", method=mm_name,
+                ci95=list(r["mae_fere_test"][1:]), input="structure")
+            if r.get("delta_vs_r2scan_fere"):
+                d = r["delta_vs_r2scan_fere"]
+                put("delta_mlip_member_vs_r2scan_dft_mae_fere_ev_per_atom", d[0], "eV/atom", 0.0, "min", ci95=list(d[1:]))
+            if r.get("mae_exp_test"):
+                put("mae_exp_mlip_member_ev_per_atom", r["mae_exp_test"][0], "eV/atom", None, "min",
+                    ci95=list(r["mae_exp_test"][1:]))
+            dd = mmx.get("delta_vs_baseline_pbe_mu_exp_fere")
+            if dd:
+                put("delta_mlip_member_vs_chgnet_mu_exp_mae_fere_ev_per_atom", dd[0], "eV/atom", 0.0, "min",
+                    ci95=list(dd[1:]), baseline=mmx.get("baseline_pbe_mu_exp_fere"))
+            put("ece_mlip_member", mmx.get("ece_exp_test"), "fraction", 0.05, "min", sigma_scale=mmx.get("sigma_scale"))
+            put("ece_raw_mlip_member", mmx.get("ece_raw_exp_test"), "fraction", 0.05, "min")
+            bl = mmx.get("baseline_pbe_mu_exp_fere")
+            if bl in ab_rows:
+                put("mae_exp_fere_chgnet_mu_exp_ev_per_atom", ab_rows[bl]["mae_fere_test"][0], "eV/atom", r2_dft, "min",
+                    method=bl, ci95=list(ab_rows[bl]["mae_fere_test"][1:]))
     # CPU throughput of predict() (featurisation + 5-member ensemble + Φ_Q) on MP structures
     structs = [structure_from_any(r["structure"]) for r in root[: (256 if a.quick else 1024)]]
     thr = {t: _throughput(structs, ckpt, pckpt if pckpt.exists() else False, t) for t in (1, 2)}
-    put("cpu_throughput_per_s", max(thr.values()), "structures/s", 200, "higher")
+    put("cpu_throughput_per_s", max(thr.values()), "structures/s", 200, "max")
+    if mm_info.get("method"):
+        n_mm = 64 if a.quick else 256
+        mm_info["cpu_throughput"] = _mlip_member_throughput(structs[:n_mm], ckpt, a.mlip_member)
+        put("mlip_member_cpu_throughput_per_s", mm_info["cpu_throughput"]["per_s"], "structures/s", None, "max",
+            threads=1, n=len(structs[:n_mm]))
     from qadb.models.validator.featurize import featurize
 
     t1 = time.perf_counter()
@@ -287,7 +420,7 @@ def main(argv=None):
     gpu = {}
     if Path(a.gpu_json).exists():
         gpu = json.loads(Path(a.gpu_json).read_text())
-        put("gpu_throughput_per_s", gpu.get("per_s"), "structures/s", 10000, "higher")
+        put("gpu_throughput_per_s", gpu.get("per_s"), "structures/s", 10000, "max")
     # proxy
     n_proxy = 0
     if pckpt.exists():
@@ -304,9 +437,9 @@ def main(argv=None):
         y = np.array([[r["gaps"].get(lv, np.nan) for lv in P.GAP_LEVELS] for r in precs])
         for k, v in gap_metrics(q, y, P.GAP_LEVELS, fidelity.slug).items():
             if k.startswith("proxy_gap_mae"):
-                put(k, v, "eV", None, "lower")
+                put(k, v, "eV", None, "min")
             elif k == "proxy_metal_accuracy":
-                put(k, v, "fraction", None, "higher")
+                put(k, v, "fraction", None, "max")
         n_proxy = int(np.isfinite(y[:, 0]).sum())
     env = {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
            "machine": platform.machine(), "throughput_by_threads": {str(k): round(v, 1) for k, v in thr.items()},
@@ -315,9 +448,15 @@ def main(argv=None):
            "levels": levels, "sigma_scale": scale, "divergence_low_level": x.get("divergence_low_level"),
            "n_test": {k: v for k, v in x.items() if k.startswith("n_")}, "n_proxy_test_pbe": n_proxy,
            "seconds": round(time.time() - t0, 1), "reliability_png": png.name,
+           "mlip_member": {k: v for k, v in mm_info.items() if k not in ("pred", "sigma")},
            "note": ("MF-ENNP: structure-only predictions, DFT energies are not model inputs; divergence_r2_* on the "
                     "FERE test compounds (low = uncorrected PBE+U DFT, high = experiment), *_mp on MP compounds "
-                    "with an MP2020 experimental value (low = MP corrected PBE+U)")}
+                    "with an MP2020 experimental value (low = MP corrected PBE+U). MLIP member (*mlip_member*): "
+                    "structure-only as well: bundled CHGNet 0.3.0 and CHGNet-r2SCAN single-point energies of the "
+                    "given structure (no relaxation) + the MF-ENNP PBE+U head, co-kriged to experiment; fitted on "
+                    "EXP train+val rows only; no DFT value of the predicted compound is an input (the CHGNet models "
+                    "were trained on MPtrj/MP r2SCAN DFT data, which include MP calculations of many of these "
+                    "compounds). Rows marked 'structure + DFT' take the r2SCAN DFT value as input.")}
     # bootstrap 95 % CIs of the divergence R² (FERE test compounds)
     if "divergence" in x:
         dv = x["divergence"]

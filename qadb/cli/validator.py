@@ -172,6 +172,29 @@ def train_proxy_cmd(ctx, steps, batch, time_budget, device, seed, cache, checkpo
         click.echo(f"registered as {_register(ctx, ckpt, 'proxy', P.KIND, 'PhiQ', res, extra)}")
 
 
+@train.command("mlip-member")
+@click.option("--member", default="chgnet", show_default=True, help="Which MLIP member (bundled models) to fit.")
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
+              help="Artifact path (default: qadb/data/checkpoints/validator_mlip_<member>.npz).")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="Validator checkpoint whose heads feed the member (default: bundled).")
+@click.option("--n-mu", type=int, default=4000, show_default=True,
+              help="MP PBE+U train+val rows for the MLIP chemical potentials.")
+@click.option("--energy-cache", type=click.Path(path_type=Path), default=None, help="Folder caching MLIP energies.")
+@click.option("--cache", type=click.Path(path_type=Path), default=None, help="Graph cache folder.")
+def train_mlip_member_cmd(member, out, checkpoint, n_mu, energy_cache, cache):
+    """Fit the MLIP low-fidelity member (CHGNet energies co-kriged with the MF-ENNP to experiment) on the
+    staged EXP train+val rows; the design is chosen on val. Same as python -m qadb.models.validator.mlip_member."""
+    from qadb.models.validator import mlip_member as MM
+
+    if member not in MM.MEMBERS:
+        raise InputError(f"unknown MLIP member {member!r}; known: {', '.join(MM.MEMBERS)}")
+    if n_mu < 10:
+        raise InputError("--n-mu must be at least 10")
+    res = MM.build(out, member, n_mu, 0, checkpoint, energy_cache, cache, verbose=console.is_terminal)
+    click.echo(json.dumps({k: res[k] for k in ("path", "bytes", "design", "gp", "rows")}, indent=1, default=float))
+
+
 # ------------------------------------------------------------------ qadb predict
 
 def _read_structure_file(path: Path):
@@ -196,10 +219,13 @@ def _read_structure_file(path: Path):
 @click.option("--proxy-checkpoint", default=None, help="Φ_Q checkpoint file or registered id (default: bundled).")
 @click.option("--no-proxy", is_flag=True, help="Skip the Φ_Q descriptors.")
 @click.option("--low-level", default=None, help="Head the divergence compares with (default: the checkpoint's).")
+@click.option("--mlip-member", default=None,
+              help="Also predict E_EXP with the MLIP low-fidelity member: 'chgnet' (bundled CHGNet models + "
+                   "the MF-ENNP, co-kriged to experiment; structure only, ~25x slower) or a member .npz file.")
 @click.option("--output", type=click.Choice(["table", "jsonl"]), default="table", show_default=True)
 @click.option("--all-levels", is_flag=True, help="Table: show every fidelity level's energy.")
 @click.pass_context
-def predict(ctx, targets, cifs, checkpoint, proxy_checkpoint, no_proxy, low_level, output, all_levels):
+def predict(ctx, targets, cifs, checkpoint, proxy_checkpoint, no_proxy, low_level, mlip_member, output, all_levels):
     """Per-fidelity energies, E_MF, σ_MF, divergence D and q for stored structure ids or structure files."""
     from qadb.models.proxy.api import DEFAULT_CHECKPOINT as PROXY_DEFAULT
     from qadb.models.validator import api as A
@@ -233,7 +259,8 @@ def predict(ctx, targets, cifs, checkpoint, proxy_checkpoint, no_proxy, low_leve
         pckpt = False
     with progress() as bar:
         bar.add_task(f"predicting {len(structures)} structures", total=None)
-        res = A.predict(structures, checkpoint=ckpt, proxy_checkpoint=pckpt, low_level=low_level)
+        res = A.predict(structures, checkpoint=ckpt, proxy_checkpoint=pckpt, low_level=low_level,
+                        mlip_member=mlip_member)
     rows = []
     for k, name in enumerate(names):
         row = {"id": name, "formula": structures[k].composition.reduced_formula,
@@ -242,6 +269,9 @@ def predict(ctx, targets, cifs, checkpoint, proxy_checkpoint, no_proxy, low_leve
                "low_level": res["low_level"], "E_PBE": float(res["E_PBE"][k]), "E_MF": float(res["E_MF"][k]),
                "sigma_MF": float(res["sigma_MF"][k]), "D_abs": float(res["D_abs"][k]),
                "D_rel": float(res["D_rel"][k]), "D_sgn": float(res["D_sgn"][k])}
+        if "E_EXP_mlip" in res:
+            row.update({"E_EXP_mlip": float(res["E_EXP_mlip"][k]), "sigma_EXP_mlip": float(res["sigma_EXP_mlip"][k]),
+                        "E_mlip_low": dict(zip(res["mlip_fidelities"], [float(v) for v in res["E_mlip_low"][k]]))})
         if "q" in res:
             row["q"] = dict(zip(res["q_names"], [float(x) for x in res["q"][k]]))
         rows.append(row)
@@ -253,12 +283,14 @@ def predict(ctx, targets, cifs, checkpoint, proxy_checkpoint, no_proxy, low_leve
 
     table = Table(title=f"MF-ENNP predictions (eV/atom; E_PBE = {res['low_level']} head)")
     cols = ["id", "formula"] + (list(res["levels"]) if all_levels else []) + ["E_PBE", "E_MF", "σ_MF", "D_abs", "D_rel", "D_sgn"]
+    cols += ["E_EXP(MLIP)", "σ(MLIP)"] if "E_EXP_mlip" in res else []
     qn = res.get("q_names", [])
     for c in cols + qn:
         table.add_column(c, overflow="fold")
     for r in rows:
         vals = [r["id"], r["formula"]] + ([f"{r['energies'][l]:.3f}" for l in res["levels"]] if all_levels else [])
         vals += [f"{r[k]:.3f}" for k in ("E_PBE", "E_MF", "sigma_MF", "D_abs", "D_rel", "D_sgn")]
+        vals += [f"{r[k]:.3f}" for k in ("E_EXP_mlip", "sigma_EXP_mlip") if k in r]
         vals += [f"{r['q'][n]:.2f}" for n in qn] if "q" in r else []
         table.add_row(*vals)
     out.print(table)

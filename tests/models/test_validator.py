@@ -389,3 +389,151 @@ def test_cli_train_validator_from_bundle(tmp_path, capsys):
     assert ck.exists() and "registered as validator@" in out
     entry = json.loads(log.read_text().splitlines()[-1])
     assert entry["steps"] == 3 and entry["config"]["n_members"] == 2 and entry["data_hash"]
+
+
+# ------------------------------------------------------------------ MLIP low-fidelity member (mlip_member)
+
+def test_cokriging_multi_column_linear_kernel_and_set_params():
+    from qadb.models.validator.baselines import CoKriging
+
+    rng = np.random.default_rng(1)
+    n = 160
+    F = rng.normal(size=(n, 2))
+    X = rng.dirichlet(np.ones(4), size=n)
+    offs = np.array([0.3, -0.2, 0.1, 0.0])  # per-"element" offsets: what the linear kernel is for
+    y = 0.2 * F[:, 0] + 0.7 * F[:, 1] + 0.05 + X @ offs + 0.01 * rng.normal(size=n)
+    ck = CoKriging().fit(F[:120], X[:120], y[:120], linear=(1.0, 10.0))
+    assert ck.rho.shape == (2,) and ck.rho == pytest.approx([0.2, 0.7], abs=0.05)
+    mu, sd = ck.predict(F[120:], X[120:], return_std=True)
+    assert np.abs(mu - y[120:]).mean() < 0.03 and (sd > 0).all()
+    # rebuilding from hyper-parameters + training arrays gives the same model (the artifact path)
+    ck2 = CoKriging().set_params(ck.ls, ck.lin, ck.ratio, ck.beta, ck.s2, F[:120], X[:120], y[:120])
+    mu2, sd2 = ck2.predict(F[120:], X[120:], return_std=True)
+    np.testing.assert_allclose(mu2, mu, atol=1e-10)
+    np.testing.assert_allclose(sd2, sd, atol=1e-10)
+    # one column keeps the classic API (scalar rho)
+    one = CoKriging().fit(F[:120, 1], X[:120], y[:120])
+    assert isinstance(one.rho, float) and one.predict(F[120:, 1], X[120:]).shape == (40,)
+
+
+def _synthetic_member_data(n=90, seed=0):
+    rng = np.random.default_rng(seed)
+    X = np.zeros((n, 101))
+    X[:, [8, 12, 14]] = rng.dirichlet(np.ones(3), size=n)  # O, Mg, Si fractions
+    mu_true = np.zeros(101)
+    mu_true[[8, 12, 14]] = [-4.9, -1.6, -5.4]
+    y = X @ np.array([0.0] * 8 + [-1.0] + [0.0] * 92) + 0.05 * rng.normal(size=n)  # "EXP"
+    e = np.stack([y + X @ mu_true + 0.02 * rng.normal(size=n), y + X @ mu_true - 0.1 + 0.04 * rng.normal(size=n)], 1)
+    mf = {"PBE+U": y + 0.1 * rng.normal(size=n), "EXP": y + 0.08 * rng.normal(size=n)}
+    split = np.array(["train"] * (n - 20) + ["val"] * 20)
+    fere = np.arange(n) % 3 == 0
+    return e, X, y, split, fere, mf, np.stack([mu_true, mu_true])
+
+
+MEMBER_CANDIDATES = [{"mlips": (0,), "train": "all", "features": (), "linear": False},
+                     {"mlips": (0, 1), "train": "fere", "features": ("PBE+U",), "linear": True}]
+
+
+def _fit_synthetic_member(path, validator_sha=None, candidates=MEMBER_CANDIDATES):
+    from qadb.models.validator import mlip_member as MM
+
+    e, X, y, split, fere, mf, mu = _synthetic_member_data()
+    sel, mu_sel, arrays, table = MM.select_and_fit(e, X, y, split, fere, mf, mu, ("a", "b"), candidates=candidates)
+    assert len(table) == len(candidates) and all(r["n_val"] == 20 for r in table)
+    best = table[int(np.argmin([r["mae_val"] for r in table]))]
+    assert sel["design"]["mlip_keys"] == best["mlips"] and sel["design"]["features"] == best["features"]
+    assert arrays["used"].sum() == (len(y) if best["train"] == "all" else arrays["fere"].sum())
+    meta = {"member": "synthetic", "mlip_fidelities": [f"MLIP:{k}" for k in sel["design"]["mlip_keys"]], **sel,
+            "validator_sha256": validator_sha, "selection": {"candidates": table}}
+    member = MM.MLIPMember(meta, mu_sel, arrays)
+    member.save(path)
+    return member, (e, X, y, mf)
+
+
+def test_mlip_member_select_fit_save_load_roundtrip(tmp_path):
+    from qadb.models.validator import mlip_member as MM
+
+    member, (e, X, y, mf) = _fit_synthetic_member(tmp_path / "m.npz")
+    assert (tmp_path / "m.npz").stat().st_size < 200_000
+    loaded = MM.load_member(tmp_path / "m.npz")  # allow_pickle=False inside
+    cols = [int(k == "b") for k in loaded.mlip_keys]
+    mu1, sd1 = member.predict(e[:, cols], X, mf)
+    mu2, sd2 = loaded.predict(e[:, cols], X, mf)
+    np.testing.assert_allclose(mu2, mu1, atol=1e-10)
+    np.testing.assert_allclose(sd2, sd1, atol=1e-10)
+    assert np.abs(mu1 - y).mean() < 0.06 and loaded.sigma_scale > 0
+    np.testing.assert_allclose(loaded.f_low(e[:, cols], X), e[:, cols] - X @ loaded.mu.T)
+    # test rows never reach the fit
+    e2, X2, y2, split, fere, mf2, mu = _synthetic_member_data(30)
+    split[0] = "test"
+    from qadb.errors import InputError
+
+    with pytest.raises(InputError, match="train/val rows only"):
+        MM.select_and_fit(e2, X2, y2, split, fere, mf2, mu, ("a", "b"))
+    with pytest.raises(InputError, match="expected energies of"):
+        loaded.predict(np.zeros((3, len(cols) + 1)), X[:3], mf)
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=np.zeros(2))
+    with pytest.raises(CheckpointError, match="not an MLIP-member artifact"):
+        MM.load_member(bad)
+
+
+def test_predict_with_mlip_member_precomputed_energies(tmp_path):
+    from qadb.errors import InputError
+    from qadb.models.validator import mlip_member as MM
+    from qadb.models.validator.api import predict
+    from qadb.models.validator.baselines import composition_features
+    from qadb.models.validator.featurize import featurize
+
+    ck = _small_checkpoint(tmp_path / "v.pt")
+    member, _ = _fit_synthetic_member(tmp_path / "m.npz", validator_sha=MM.file_sha256(ck))
+    structs = [_toy_structure(), _toy_structure()]
+    E = np.array([[-4.0, -4.2], [-4.1, -4.3]])[:, : len(member.mlip_keys)]
+    out = predict(structs, checkpoint=ck, proxy_checkpoint=False, mlip_member=tmp_path / "m.npz", mlip_energies=E)
+    X = composition_features([featurize(s) for s in structs])
+    want, sd = member.predict(E, X, out["energies"])
+    np.testing.assert_allclose(out["E_EXP_mlip"], want)
+    np.testing.assert_allclose(out["sigma_EXP_mlip"], sd)
+    np.testing.assert_allclose(out["sigma_EXP_mlip"], member.sigma_scale * out["sigma_EXP_mlip_raw"])
+    assert out["E_mlip_low"].shape == (2, len(member.mlip_keys)) and out["mlip_fidelities"] == member.fidelities
+    assert "E_EXP_mlip" not in predict(structs, checkpoint=ck, proxy_checkpoint=False)  # off by default
+    with pytest.raises(InputError, match="rows for 2 structures"):
+        predict(structs, checkpoint=ck, proxy_checkpoint=False, mlip_member=tmp_path / "m.npz", mlip_energies=E[:1])
+    # a member with MF-ENNP columns refuses another validator checkpoint
+    m2, _ = _fit_synthetic_member(tmp_path / "m2.npz", validator_sha="0" * 16, candidates=MEMBER_CANDIDATES[1:])
+    assert m2.features == ("PBE+U",)
+    with pytest.raises(InputError, match="refit it"):
+        predict(structs, checkpoint=ck, proxy_checkpoint=False, mlip_member=tmp_path / "m2.npz",
+                mlip_energies=np.zeros((2, 2)))
+
+
+def test_cli_predict_mlip_member_bad_reference_is_one_line_error(tmp_path, capsys):
+    ck = _small_checkpoint(tmp_path / "v.pt")
+    for ref, needle in (("nope", "unknown MLIP member"), (str(tmp_path / "missing.npz"), "not found")):
+        code, out, err = _cli(capsys, "--store", str(tmp_path / "st"), "predict", str(SAMPLES / "MgO.cif"),
+                              "--checkpoint", str(ck), "--no-proxy", "--mlip-member", ref)
+        lines = [x for x in err.splitlines() if x.strip()]
+        assert code != 0 and len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], (ref, err)
+
+
+def test_bundled_mlip_member_artifact_is_small_and_train_val_only():
+    from qadb.models.validator import mlip_member as MM
+
+    path = MM.default_artifact("chgnet")
+    if not path.exists():
+        pytest.skip("no committed MLIP member artifact")
+    assert path.stat().st_size < 300_000
+    m = MM.load_member("chgnet")
+    assert set(np.asarray(m.arrays["split"]).astype(str)) <= {"train", "val"}
+    assert m.meta["mu"]["split"] == "train+val" and m.meta["selection"]["candidates"]
+    assert m.meta["validator_sha256"] == MM.file_sha256(__import__("qadb.models.validator.api", fromlist=["x"]).DEFAULT_CHECKPOINT)
+
+
+def test_bundled_mlip_member_predicts_mgo_with_chgnet():  # ≈ 2-5 s (loads both CHGNet models)
+    pytest.importorskip("chgnet")
+    from qadb.models.validator.api import predict
+
+    torch.set_num_threads(1)
+    out = predict([str((SAMPLES / "MgO.cif").read_text())], proxy_checkpoint=False, mlip_member="chgnet")
+    # experimental ΔH_f(MgO) ≈ -3.11 eV/atom
+    assert abs(out["E_EXP_mlip"][0] + 3.11) < 0.25 and 0 < out["sigma_EXP_mlip"][0] < 0.5

@@ -13,6 +13,8 @@ CIs, paired difference vs the full hierarchy, on the same rows for every method:
   (fit on EXP train+val rows; structure only);
 - ``transfer`` (transfer learning): the low-only ensemble's trunk frozen, its root readout
   re-fitted to EXP by ridge regression on the pooled trunk features (structure only);
+- extra structure-only rows computed elsewhere (``extra_structure_only``: the bundled-MLIP baselines
+  and the MLIP member of `mlip_member`, see ``bench/validator.py``);
 - DFT-input methods on the FERE rows (need a DFT calculation per compound): the r2SCAN DFT value
   itself, a linear correction of it, AR1 co-kriging on it (GP on element fractions), and r2SCAN DFT
   + the MF-ENNP's learned EXP − r2SCAN difference (Δ-learning on top of the DFT label).
@@ -83,14 +85,17 @@ def pooled_features(model, graphs) -> np.ndarray:
 
 def ablation_rows(models: dict, graphs_exp: list, y_exp: np.ndarray, split_exp: np.ndarray,
                   fere_mask_test: np.ndarray, formulas_test: np.ndarray, dft: dict, exp_fere_all: dict,
-                  default_levels_pred: dict | None = None, seed: int = 0) -> dict:
+                  default_levels_pred: dict | None = None, seed: int = 0,
+                  extra_structure_only: dict | None = None) -> dict:
     """Rows of the ablation/alternatives table.
 
     ``models``: {name: (members, config, extra)}; ``graphs_exp``/``y_exp``/``split_exp``: every EXP
     row (train, val, test); ``fere_mask_test``/``formulas_test``: for the EXP test rows;
     ``dft``: {level: {formula: DFT value}} for the FERE levels; ``exp_fere_all``: {formula: EXP} for
     FERE; ``default_levels_pred``: the default checkpoint's per-level predictions on the EXP test
-    rows (for the Δ-learning row)."""
+    rows (for the Δ-learning row); ``extra_structure_only``: {name: (abs errors on every EXP test row or
+    None, abs errors on the FERE test rows, note)} for structure-only methods evaluated elsewhere.
+    Every structure-only row also gets its paired difference vs r2SCAN DFT on the FERE test rows."""
     from qadb.models.validator.train import predict_ensemble
 
     te = split_exp == "test"
@@ -119,12 +124,20 @@ def ablation_rows(models: dict, graphs_exp: list, y_exp: np.ndarray, split_exp: 
             w = np.linalg.solve(A[fit].T @ A[fit] + lam * np.eye(A.shape[1]), A[fit].T @ (y_exp[fit] - f_low[fit]))
             errs["transfer(low-only trunk, ridge head)"] = np.abs(f_low[te] + A[te] @ w - y_exp[te])
             notes["transfer(low-only trunk, ridge head)"] = "frozen low-only trunk; ridge readout of EXP − E_PBE+U"
+    fere_errs = {name: e[fere_mask_test] for name, e in errs.items()}
+    for name, (e_all, e_fere, note) in (extra_structure_only or {}).items():
+        if e_all is not None:
+            errs[name] = np.asarray(e_all, float)
+            e_fere = errs[name][fere_mask_test]
+        fere_errs[name] = np.asarray(e_fere, float)
+        notes[name] = note
     rows = {}
-    for name, e in errs.items():
-        row = {"mae_exp_test": U.bootstrap_ci(_mae, e, seed=seed),
-               "mae_fere_test": U.bootstrap_ci(_mae, e[fere_mask_test], seed=seed) if fere_mask_test.any() else None,
+    for name in fere_errs:
+        e = errs.get(name)
+        row = {"mae_exp_test": U.bootstrap_ci(_mae, e, seed=seed) if e is not None else None,
+               "mae_fere_test": U.bootstrap_ci(_mae, fere_errs[name], seed=seed) if len(fere_errs[name]) else None,
                "note": notes.get(name, ""), "structure_only": True}
-        if "full" in errs and name != "full":
+        if "full" in errs and name != "full" and e is not None:
             row["delta_vs_full_exp_test"] = U.bootstrap_ci(lambda a, b: float(np.mean(a - b)), e, errs["full"], seed=seed)
         rows[name] = row
     # DFT-input methods on FERE test compounds
@@ -156,6 +169,11 @@ def ablation_rows(models: dict, graphs_exp: list, y_exp: np.ndarray, split_exp: 
         if default_levels_pred and "r2SCAN" in default_levels_pred and "EXP" in default_levels_pred:
             d = np.asarray(default_levels_pred["EXP"]) - np.asarray(default_levels_pred["r2SCAN"])
             dft_errs["r2SCAN DFT + MF-ENNP Δ(EXP−r2SCAN)"] = np.abs(x_te + d[fere_mask_test] - y_ft)
+        base = dft_errs["r2SCAN DFT itself"]
+        for name in [n for n, r in rows.items() if r["structure_only"]]:
+            if len(fere_errs[name]) == len(base):
+                rows[name]["delta_vs_r2scan_fere"] = U.bootstrap_ci(
+                    lambda a, b: float(np.mean(a - b)), fere_errs[name], base, seed=seed)
         for name, e in dft_errs.items():
             rows[name] = {"mae_exp_test": None, "mae_fere_test": U.bootstrap_ci(_mae, e, seed=seed),
                           "note": "needs a DFT calculation per compound", "structure_only": False}

@@ -291,7 +291,8 @@ def load_validator(checkpoint: str | Path | None = None):
 
 
 def predict(structures, checkpoint: str | Path | None = None, proxy_checkpoint: str | Path | None | bool = None,
-            baseline_e_pbe=None, batch_size: int = 256, low_level: str | None = None, graphs=None) -> dict:
+            baseline_e_pbe=None, batch_size: int = 256, low_level: str | None = None, graphs=None,
+            mlip_member: str | Path | None = None, mlip_energies=None) -> dict:
     """Validator (and descriptor-proxy) outputs for pymatgen structures (or dicts / CIF strings).
 
     Returns numpy arrays of length n:
@@ -304,7 +305,16 @@ def predict(structures, checkpoint: str | Path | None = None, proxy_checkpoint: 
 
     ``baseline_e_pbe``: optional per-structure PBE-level energies from an external model (e.g. CHGNet
     through ``qadb.drivers``); when given, the divergence uses them instead of the model's low head.
-    ``graphs``: already featurised graphs (skips featurisation; structures are then only needed for q).
+    ``graphs``: already featurised graphs (skips featurisation; structures are then only needed for q
+    and the MLIP member).
+
+    ``mlip_member``: ``"chgnet"`` (the committed `mlip_member` artifact) or an ``.npz`` path. Adds
+    ``E_EXP_mlip`` / ``sigma_EXP_mlip`` (experimental formation enthalpy co-kriged from the bundled
+    CHGNet models' energies and the MF-ENNP's PBE+U head, structure only; GP standard deviation
+    recalibrated by the variance scale fitted on EXP val; ``sigma_EXP_mlip_raw`` unscaled),
+    ``E_mlip_low`` (n, k) (each MLIP's formation energy, energy minus fitted chemical potentials) and
+    ``mlip_fidelities``. Off by default: CHGNet costs far more than the MF-ENNP on a CPU.
+    ``mlip_energies``: precomputed (n, k) MLIP energies per atom in the member's order (skips the MLIP).
     """
     from qadb.models.validator.featurize import featurize
     from qadb.models.validator.train import predict_ensemble
@@ -332,6 +342,9 @@ def predict(structures, checkpoint: str | Path | None = None, proxy_checkpoint: 
         low = "baseline"
     out.update({"E_PBE": e_pbe, "low_level": low, "E_MF": e_mf, "sigma_MF_raw": s_mf, "sigma_MF": scale * s_mf})
     out["D_abs"], out["D_rel"], out["D_sgn"] = U.divergence(e_pbe, e_mf, scale * s_mf)
+    if mlip_member is not None:
+        out.update(_mlip_member_outputs(mlip_member, structures, graphs, out["energies"],
+                                        Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT, mlip_energies))
     if proxy_checkpoint is not False:
         from qadb.models.proxy.api import DEFAULT_CHECKPOINT as PROXY_CKPT
         from qadb.models.proxy.api import predict_q_graphs
@@ -345,6 +358,28 @@ def predict(structures, checkpoint: str | Path | None = None, proxy_checkpoint: 
             q, names = predict_q_graphs(structures, p, graphs=graphs if same else None)
             out["q"], out["q_names"] = q, names
     return out
+
+
+def _mlip_member_outputs(ref, structures, graphs, mf_levels: dict, checkpoint_path: Path, energies=None) -> dict:
+    from qadb.models.validator import mlip_member as MM
+    from qadb.models.validator.baselines import composition_features
+
+    member = MM.load_member(ref)
+    MM.check_validator(member, checkpoint_path)
+    n = len(graphs)
+    if energies is None:
+        if len(structures) != n:
+            raise InputError("mlip_member needs the structures themselves (the MLIP runs on them), not only graphs")
+        energies = member.energies(structures)
+    energies = np.asarray(energies, dtype=np.float64)
+    energies = energies[:, None] if energies.ndim == 1 else energies
+    if energies.shape[0] != n:
+        raise InputError(f"mlip_energies has {energies.shape[0]} rows for {n} structures")
+    X = composition_features(graphs)
+    e, s = member.predict(energies, X, mf_levels, raw_std=True)
+    return {"E_EXP_mlip": e, "sigma_EXP_mlip": member.sigma_scale * s, "sigma_EXP_mlip_raw": s,
+            "E_mlip_low": member.f_low(energies, X),
+            "mlip_fidelities": member.fidelities, "mlip_member": member.name}
 
 
 def divergence_from_baseline(baseline_e_pbe, e_mf, sigma_mf):
