@@ -1,4 +1,4 @@
-"""Store commands: ingest, query, stats, export, lineage, schemas, demo."""
+"""Store commands: ingest, query, describe, stats, export, lineage, schemas, demo."""
 
 from __future__ import annotations
 
@@ -140,6 +140,31 @@ def query(ctx, output, **filters):
     out.print(table)
     if len(df) > 200:
         console.print(f"(first 200 of {len(df)} rows; use --output jsonl or csv for all)")
+
+
+@cli.command()
+@_query_options
+@click.option("--mled/--no-mled", default=False, show_default=True,
+              help="Also compute M_LED (PIGEN's local-environment diversity; the slow descriptor).")
+@click.option("--force", is_flag=True, help="Recompute descriptors that are already up to date.")
+@click.pass_context
+def describe(ctx, mled, force, **filters):
+    """Write descriptors (C, SPP, M_LED, symmetry) and validity flags onto the selected structures."""
+    from qadb.store import find
+    from qadb.workflows.describe import describe_structures
+
+    q = _build_query(**filters)
+    with _open(ctx):
+        ids = [d["material_id"] for d in find(q)]
+        with _progress() as bar:
+            task = bar.add_task("describe", total=len(ids))
+            report = describe_structures(ids, with_mled=mled, force=force,
+                                         progress=lambda done, total: bar.update(task, completed=done))
+    console.print(f"described {report.described}, already up to date {report.skipped}, failed {len(report.failed)}")
+    for sid, reason in list(report.failed.items())[:20]:
+        console.print(f"  {sid}: {reason}")
+    if report.failed:
+        raise click.ClickException(f"{len(report.failed)} structure(s) could not be described (listed above)")
 
 
 @cli.command()
