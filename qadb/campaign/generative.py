@@ -73,7 +73,7 @@ class GeneratorSource:
         s = self.settings
         cycle_seed = int(np.random.default_rng([seed, cycle, 3]).integers(2**31))
         crystals = sample(self._generator, n=n, mode=s.get("mode", "gen"), composition=s.get("composition"),
-                          chemsys=s.get("chemsys"), conditions=s.get("conditions") or None,
+                          chemsys=s.get("chemsys"), num_atoms=s.get("num_atoms"), conditions=s.get("conditions") or None,
                           guidance=s.get("guidance") or None, steps=s.get("steps"), seed=cycle_seed)
         settings = {**{k: v for k, v in s.items() if v not in (None, {})}, "seed": cycle_seed}
         ckpt = checkpoint_id(current(), Path(s.get("checkpoint") or DEFAULT_CHECKPOINT))
@@ -224,17 +224,36 @@ class MLIPLabeller(_ReferencedLabeller):
 class DFTLabeller(_ReferencedLabeller):
     """Formation energy per atom from PySCF or VASP labelling jobs (qadb.workflows)."""
 
-    def __init__(self, method: str, settings: dict):
+    def __init__(self, method: str, settings: dict, low_level: str | None = None):
+        from dataclasses import replace
+
         from qadb.drivers import PySCFSettings, VaspSettings
 
         cls = PySCFSettings if method == "pyscf" else VaspSettings
         self.method = method
         self.settings = _settings(cls, settings)
-        self.fidelity = getattr(self.settings, "level", None) or getattr(self.settings, "xc", method)
+        self.fidelity = self.settings.level
+        self.low = replace(self.settings, level=low_level) if low_level else None
+
+    def accepts(self, structure) -> bool:
+        """Only candidates every level's job can run (references, basis and pseudopotential for each element);
+        an environment problem (no VASP, no POTCARs) is still raised, not filtered away."""
+        from qadb import workflows as wf
+        from qadb.errors import InputError
+
+        try:
+            for settings in (self.settings, self.low):
+                if settings is not None:
+                    wf.label_maker(self.method, settings).check(structure)
+        except InputError:
+            return False
+        return True
 
     def label(self, doc_id: str) -> float | None:
         from qadb import workflows as wf
 
+        if self.low is not None:  # stored with its provenance; the campaign decides on the high level only
+            wf.label_structures([doc_id], self.method, self.low)
         out = wf.label_structures([doc_id], self.method, self.settings)[0]
         if not out.ok:
             return None
@@ -248,7 +267,8 @@ def generative_parts(recipe: dict, cid: str) -> Parts:
         raise ConfigError("generative campaigns use predict.validator: mfennp")
     labeller_kind = recipe["validate"]["labeller"]
     settings = recipe["validate"].get("settings") or {}
-    labeller = MLIPLabeller(settings, cid) if labeller_kind == "mlip" else DFTLabeller(labeller_kind, settings)
+    labeller = (MLIPLabeller(settings, cid) if labeller_kind == "mlip"
+                else DFTLabeller(labeller_kind, settings, recipe["validate"].get("low_level")))
     target = target_window(recipe, Window(None, 0.0))
     return Parts(source=GeneratorSource(recipe, cid, structures), model=ValidatorModel(recipe, structures),
                  labeller=labeller, target=target, hit=hit_rule(recipe, HitRule(min=target.min, max=target.max)),

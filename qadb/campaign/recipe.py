@@ -52,6 +52,8 @@ SCHEMA: dict[str, Any] = {
                 "steps": {"type": ["integer", "null"], "minimum": 1},
                 "chemsys": {"type": ["string", "null"]},
                 "composition": {"type": ["string", "null"]},
+                "num_atoms": {"type": ["integer", "null"], "minimum": 1, "maximum": 20,
+                              "description": "gen: atoms per cell (default: drawn from the training distribution)"},
                 "conditions": {"type": "object", "additionalProperties": {"type": "number"}},
                 "guidance": {"type": "object", "additionalProperties": {"type": "number"}},
                 "init": {"type": "integer", "minimum": 0, "default": 10,
@@ -98,6 +100,10 @@ SCHEMA: dict[str, Any] = {
             "properties": {
                 "labeller": {"enum": ["replay", "mlip", "pyscf", "vasp"]},
                 "settings": {"type": "object"},
+                "low_level": {"type": ["string", "null"],
+                              "description": "pyscf/vasp: a cheaper level labelled first on every paid candidate "
+                                             "(same basis and pseudopotential), so each carries its own two-level "
+                                             "discrepancy"},
                 "cost": {"type": "number", "exclusiveMinimum": 0, "default": 1},
             },
         },
@@ -167,6 +173,9 @@ def validate(recipe: dict, where: str = "recipe") -> dict:
         raise ConfigError(f"{where}: candidates.task is required when candidates.source is replay")
     if merged["validate"]["labeller"] == "replay" and merged["candidates"]["source"] != "replay":
         raise ConfigError(f"{where}: validate.labeller replay needs candidates.source replay (it reveals held-out labels)")
+    if merged["validate"].get("low_level") and merged["validate"]["labeller"] not in ("pyscf", "vasp"):
+        raise ConfigError(f"{where}: validate.low_level needs a DFT labeller (pyscf or vasp), "
+                          f"not {merged['validate']['labeller']}")
     return merged
 
 

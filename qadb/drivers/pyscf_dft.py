@@ -86,7 +86,9 @@ def build_cell(structure: Structure, settings: PySCFSettings, spin: int = 0) -> 
     from pyscf.pbc import gto
 
     cell = gto.Cell()
-    cell.a = structure.lattice.matrix
+    matrix = structure.lattice.matrix
+    # PySCF's lattice sums assume a right-handed cell; -L spans the same lattice, atoms stay where they are
+    cell.a = -matrix if np.linalg.det(matrix) < 0 else matrix
     cell.atom = [(site.specie.symbol, site.coords) for site in structure]
     cell.unit = "Angstrom"
     cell.basis = settings.basis

@@ -103,6 +103,9 @@ def test_divergence_variants_follow_eqs_3_to_5():
     ({"select": {"strategy": "greedy"}}, "select.strategy: 'greedy' is not one of"),
     ({"budgett": 5}, "unknown field(s): 'budgett'"),
     ({"validate": {"labeller": "replay"}, "candidates": {"source": "generator"}}, "needs candidates.source replay"),
+    ({"validate": {"labeller": "mlip", "low_level": "PBE"}, "candidates": {"source": "generator"}},
+     "validate.low_level needs a DFT labeller (pyscf or vasp), not mlip"),
+    ({"candidates": {"source": "generator", "num_atoms": 0}}, "candidates.num_atoms: 0 is less than the minimum of 1"),
 ])
 def test_bad_recipe_fields_are_named(bad, message):
     rec = {"name": "x", "kind": "replay", "candidates": {"source": "replay", "task": "bandgap"},
@@ -116,7 +119,8 @@ def test_every_shipped_recipe_validates():
     from pathlib import Path
 
     flows = sorted((Path(__file__).resolve().parents[2] / "flows").glob("*.yaml"))
-    assert {p.stem for p in flows} >= {"quickstart", "qa_genai", "pigen_funnel", "replay_bandgap", "replay_enthalpy"}
+    assert {p.stem for p in flows} >= {"quickstart", "qa_genai", "pigen_funnel", "replay_bandgap", "replay_enthalpy",
+                                       "pyscf_two_level"}
     for path in flows:
         rec = recipes.load(path)
         assert rec["name"] == path.stem
@@ -127,3 +131,15 @@ def test_bad_labeller_settings_are_named(store_uri):
 
     with pytest.raises(ConfigError, match="unknown field\\(s\\) xc for PySCFSettings"):
         DFTLabeller("pyscf", {"xc": "r2scan"})
+
+
+def test_two_level_dft_labeller_only_accepts_what_both_levels_can_run():
+    from pymatgen.core import Lattice, Structure
+
+    from qadb.campaign.generative import DFTLabeller
+
+    lab = DFTLabeller("pyscf", {"level": "PBE0", "basis": "gth-szv", "smearing_eV": 0.05}, low_level="PBE")
+    assert (lab.fidelity, lab.low.level, lab.low.basis) == ("PBE0", "PBE", "gth-szv")
+    rocksalt = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    feal = Structure(Lattice.cubic(2.9), ["Fe", "Al"], [[0, 0, 0], [0.5, 0.5, 0.5]])  # no Fe in gth-szv
+    assert lab.accepts(rocksalt) and not lab.accepts(feal)

@@ -119,3 +119,18 @@ def test_gamma_point_ccsd_t(si2):
     assert result.converged and result.fidelity == "CCSD(T)" and result.band_gap_eV is None
     parts = result.components_eV
     assert parts["ccsd"] < 0 and result.energy_eV == pytest.approx(parts["hf"] + parts["ccsd"] + parts["triples"])
+
+
+def test_left_handed_cells_are_given_to_pyscf_right_handed(si2):
+    """Generated cells can be left-handed; PySCF's lattice sums assume right-handed vectors (it warns otherwise)."""
+    import numpy as np
+
+    from qadb.drivers.pyscf_dft import build_cell
+
+    m = si2.lattice.matrix.copy()
+    m[[0, 1]] = m[[1, 0]]
+    left = Structure(Lattice(m), si2.species, si2.cart_coords, coords_are_cartesian=True)
+    assert np.linalg.det(left.lattice.matrix) < 0
+    cell = build_cell(left, PySCFSettings(level="PBE", kmesh=(1, 1, 1)))
+    assert np.linalg.det(cell.lattice_vectors()) > 0
+    assert np.allclose(cell.atom_coords(unit="Angstrom"), left.cart_coords)  # atoms where they were
