@@ -1,7 +1,10 @@
 """What identifies a structure in the store: composition keys, symmetry, hashes, material ids.
 
-`analyse` turns a parsed pymatgen Structure into the plain fields a `StructureDoc` stores. It runs
-in worker processes during ingest, so it takes and returns plain data only.
+`analyse` turns a parsed pymatgen Structure into the plain fields a `StructureDoc` stores;
+`analyse_cell` does the same for a `Cell` (arrays read straight from simple CIF text), which skips
+building pymatgen Site objects and gives the same fields. Both run in worker processes during
+ingest, so they take and return plain data only. Symmetry (spglib, the costly part) can be left
+out and filled in later with `symmetry`, so ingest computes it once per distinct structure.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import spglib
-from pymatgen.core import Element, Structure
+from pymatgen.core import Composition, Element, Lattice, Structure
 
 from qadb.errors import InputError
 
@@ -59,6 +62,47 @@ class Identity:
         )
 
 
+@dataclass
+class Cell:
+    """An ordered crystal as arrays (one element per site, occupancy 1), in pymatgen's site order.
+
+    What a fast CIF reader produces instead of a pymatgen Structure: building Site objects and
+    their dicts costs more than parsing the text. `as_dict` and `to_structure` give exactly what
+    pymatgen's CifParser gives for the same text, so nothing stored depends on which reader ran.
+    """
+
+    lattice: Lattice
+    symbols: list[str]
+    frac: np.ndarray
+    labels: list[str]
+
+    def as_dict(self) -> dict:
+        """`Structure.as_dict()` of the same crystal, built without Site objects."""
+        lattice = self.lattice.as_dict(verbosity=1)
+        del lattice["@module"], lattice["@class"]
+        matrix = self.lattice.matrix
+        sites = [
+            {"species": [{"element": sym, "occu": 1.0}], "abc": f.tolist(), "properties": {}, "label": label,
+             "xyz": np.dot(f, matrix).tolist()}  # one row at a time, as each pymatgen site computes it
+            for sym, f, label in zip(self.symbols, self.frac, self.labels)
+        ]
+        return {"@module": "pymatgen.core.structure", "@class": "Structure", "charge": 0.0, "lattice": lattice,
+                "properties": {}, "sites": sites}
+
+    def to_structure(self) -> Structure:
+        return Structure(self.lattice, [{sym: 1.0} for sym in self.symbols], self.frac, labels=list(self.labels))
+
+
+def _check_geometry(lattice: Lattice, frac: np.ndarray) -> None:
+    volume = lattice.volume
+    if volume <= 0.1 or not np.isfinite(volume):
+        raise InputError(f"cell volume {volume:.3g} Å^3 is not physical")
+    if len(frac) > 1:
+        dmin = float(np.min(lattice.get_all_distances(frac, frac) + np.eye(len(frac)) * 1e9))
+        if dmin < MIN_DISTANCE:
+            raise InputError(f"atoms overlap (closest pair {dmin:.2f} Å < {MIN_DISTANCE} Å)")
+
+
 def check_structure(structure: Structure) -> None:
     """Reject what the store cannot hold: unknown elements, disorder, empty or overlapping cells."""
     if len(structure) == 0:
@@ -69,12 +113,16 @@ def check_structure(structure: Structure) -> None:
                 raise InputError(f"unknown element {str(sp)!r}")
     if not structure.is_ordered:
         raise InputError("partial occupancy is not supported (order the structure first)")
-    if structure.volume <= 0.1 or not np.isfinite(structure.volume):
-        raise InputError(f"cell volume {structure.volume:.3g} Å^3 is not physical")
-    if len(structure) > 1:
-        dmin = float(np.min(structure.distance_matrix + np.eye(len(structure)) * 1e9))
-        if dmin < MIN_DISTANCE:
-            raise InputError(f"atoms overlap (closest pair {dmin:.2f} Å < {MIN_DISTANCE} Å)")
+    _check_geometry(structure.lattice, structure.frac_coords)
+
+
+def _hash(lattice: Lattice, symbols: list[str], frac: np.ndarray) -> str:
+    abc = [round(x, 4) for x in lattice.abc]
+    angles = [round(x, 3) for x in lattice.angles]
+    frac = np.round(np.mod(frac, 1.0), 4) % 1.0
+    sites = sorted((sym, *map(float, f)) for sym, f in zip(symbols, frac))
+    text = json.dumps([abc, angles, sites], separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def struct_hash(structure: Structure) -> str:
@@ -83,65 +131,85 @@ def struct_hash(structure: Structure) -> str:
     The same file text always gives the same hash, so a re-ingest addresses the same document.
     Different settings of one crystal give different hashes; deduplication handles those.
     """
-    abc = [round(x, 4) for x in structure.lattice.abc]
-    angles = [round(x, 3) for x in structure.lattice.angles]
-    frac = np.round(np.mod(structure.frac_coords, 1.0), 4) % 1.0
-    sites = sorted((sp.symbol, *map(float, f)) for sp, f in zip(structure.species, frac))
-    text = json.dumps([abc, angles, sites], separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
+    return _hash(structure.lattice, [sp.symbol for sp in structure.species], structure.frac_coords)
 
 
-def symmetry(structure: Structure, symprec: float = SYMPREC) -> tuple[int | None, str | None, str]:
+SpglibCell = tuple[np.ndarray, np.ndarray, list[int], list[str]]  # matrix, fractional coords, numbers, symbols
+
+
+def symmetry(cell: SpglibCell, symprec: float = SYMPREC) -> tuple[int | None, str | None, str]:
     """(space-group number, international symbol, Wyckoff fingerprint) from spglib.
 
     The fingerprint lists, per element, the Wyckoff letters of its symmetry-distinct sites with
     multiplicities per primitive cell (e.g. ``Cl:a1,Na:b1``); two descriptions of one crystal share
     it, so it narrows deduplication candidates without a StructureMatcher call.
     """
-    cell = (structure.lattice.matrix, structure.frac_coords, structure.atomic_numbers)
-    data = spglib.get_symmetry_dataset(cell, symprec=symprec)
+    matrix, frac, numbers, symbols = cell
+    data = spglib.get_symmetry_dataset((matrix, frac, numbers), symprec=symprec)
     if data is None:
         return None, None, ""
     n_prim = len(set(data.mapping_to_primitive))
-    scale = len(structure) // n_prim if n_prim else 1
+    scale = len(symbols) // n_prim if n_prim else 1
     counts: dict[tuple[str, str], int] = {}
     for i in set(int(x) for x in data.equivalent_atoms):
-        key = (structure[i].specie.symbol, data.wyckoffs[i])
+        key = (symbols[i], data.wyckoffs[i])
         counts[key] = counts.get(key, 0) + int(np.sum(data.equivalent_atoms == i))
     finger = ",".join(f"{el}:{w}{n // scale}" for (el, w), n in sorted(counts.items()))
     return int(data.number), str(data.international), finger
 
 
-_AMU_PER_A3_TO_G_PER_CM3 = 1.66053906660
+_AMU_PER_A3_TO_G_PER_CM3 = 1.66053906660  # density in g/cm^3 without pymatgen's slow unit objects
 
 
-def density(structure: Structure) -> float:
-    """Mass density in g/cm^3; agrees with pymatgen's `density` to 1e-8 and skips its slow unit objects."""
-    mass = sum(sp.atomic_mass for sp in structure.species)
-    return float(mass * _AMU_PER_A3_TO_G_PER_CM3 / structure.volume)
-
-
-def analyse(structure: Structure) -> Identity:
-    """Validate `structure` and compute its store keys."""
-    check_structure(structure)
-    comp = structure.composition
+def _identity(structure: dict, lattice: Lattice, symbols: list[str], frac: np.ndarray, comp: Composition,
+              mass: float, with_symmetry: bool) -> tuple[Identity, SpglibCell]:
     elements = sorted(el.symbol for el in comp.elements)
-    sg, symbol, wyckoff = symmetry(structure)
-    return Identity(
-        structure=structure.as_dict(),
+    cell = (lattice.matrix, frac, [Element(s).Z for s in symbols], symbols)
+    sg, symbol, wyckoff = symmetry(cell) if with_symmetry else (None, None, "")
+    volume = float(lattice.volume)
+    ident = Identity(
+        structure=structure,
         formula=comp.formula,
         formula_pretty=comp.reduced_formula,
         chemsys="-".join(elements),
         elements=elements,
-        nsites=len(structure),
+        nsites=len(symbols),
         spacegroup=sg,
         spacegroup_symbol=symbol,
         wyckoff=wyckoff,
-        volume=float(structure.volume),
-        volume_per_atom=float(structure.volume / len(structure)),
-        density=density(structure),
-        struct_hash=struct_hash(structure),
+        volume=volume,
+        volume_per_atom=float(volume / len(symbols)),
+        density=float(mass * _AMU_PER_A3_TO_G_PER_CM3 / volume),
+        struct_hash=_hash(lattice, symbols, frac),
     )
+    return ident, cell
+
+
+def analyse(structure: Structure, *, with_symmetry: bool = True) -> Identity:
+    """Validate `structure` and compute its store keys."""
+    return analyse_structure(structure, with_symmetry=with_symmetry)[0]
+
+
+def analyse_structure(structure: Structure, *, with_symmetry: bool = True) -> tuple[Identity, SpglibCell]:
+    """`analyse`, also returning the arrays `symmetry` needs (when it is left for later)."""
+    check_structure(structure)
+    symbols = [sp.symbol for sp in structure.species]
+    mass = sum(float(sp.atomic_mass) for sp in structure.species)
+    return _identity(structure.as_dict(), structure.lattice, symbols, structure.frac_coords, structure.composition,
+                     mass, with_symmetry)
+
+
+def analyse_cell(cell: Cell, *, with_symmetry: bool = True) -> tuple[Identity, SpglibCell]:
+    """`analyse_structure` for a `Cell`: the same fields, without pymatgen Site objects."""
+    if not cell.symbols:
+        raise InputError("structure has no sites")
+    _check_geometry(cell.lattice, cell.frac)
+    amounts: dict[str, float] = {}
+    for sym in cell.symbols:  # site order, as Structure.composition sums them
+        amounts[sym] = amounts.get(sym, 0.0) + 1.0
+    masses = {sym: float(Element(sym).atomic_mass) for sym in amounts}
+    mass = sum(masses[sym] for sym in cell.symbols)
+    return _identity(cell.as_dict(), cell.lattice, cell.symbols, cell.frac, Composition(amounts), mass, with_symmetry)
 
 
 def content_hash(obj: object) -> str:
