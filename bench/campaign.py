@@ -7,7 +7,9 @@ CIs of the ratios (resampling seeds) and Welch t-tests (seed 000 Sec. 4.5). Ever
 from the same random seed set (`init` calls, excluded from hits per call) and then takes a fixed
 batch of `top_k` per cycle until the budget is spent.
 (2) The quickstart campaign's wall time (`qadb launch campaign quickstart`), unless skipped.
-Not measured here (no metric written): the inverse-design MAPE and the PySCF campaign.
+(3) With --inverse-only: flows/inverse_bulk_modulus.yaml on a fresh store (seed 003), merging
+`inverse_mape_iter<k>` (CHGNet K of random relaxed samples vs the 350 GPa target) and per-stage counts.
+(4) With --pyscf-only: the PySCF two-level campaign.
 """
 
 from __future__ import annotations
@@ -159,6 +161,45 @@ def pyscf_campaign(home: str | None = None) -> tuple[dict, list[dict]]:
     return metrics, rows
 
 
+def inverse_campaign(home: str | None = None) -> tuple[dict, list[dict]]:
+    """Run (or, given `home`, score an earlier run of) flows/inverse_bulk_modulus.yaml; metrics and cycle records."""
+    from qadb.campaign import inverse
+    from qadb.models.bulk_modulus import BulkModulusPrefilter
+    from qadb.store.documents import CampaignDoc
+
+    wall = None
+    home = home or tempfile.mkdtemp(prefix="qadb-bench-inverse-")
+    env = {**os.environ, "QADB_HOME": home, "QADB_MONGO_URI": ""}
+    if not (Path(home) / "store").exists():
+        t = time.time()
+        subprocess.run([sys.executable, "-m", "qadb.cli", "launch", "campaign", "flows/inverse_bulk_modulus.yaml"],
+                       env=env, check=True, cwd=ROOT)
+        wall = time.time() - t
+    rec = recipes.load(ROOT / "flows" / "inverse_bulk_modulus.yaml")
+    target = rec["inverse"]["target"]
+    with connect(str(Path(home) / "store")):
+        camp = CampaignDoc.objects(name=rec["name"]).first()
+        cycles = inverse.records(camp.id)
+    metrics: dict[str, dict] = {}
+    for c in cycles:
+        k = c["cycle"]
+        last = k == cycles[-1]["cycle"]
+        metrics[f"inverse_mape_iter{k}"] = metric(c["mape"], "fraction", 0.14 if last else None, "min")
+        metrics[f"inverse_mape_screened_iter{k}"] = metric(c["mape_screened"], "fraction", None, "min")
+        metrics[f"inverse_mape_stage3_iter{k}"] = metric(c["mape_stage3"], "fraction", None, "min")
+        rel = abs(c["median_k_gpa"] - target) / target if c["median_k_gpa"] is not None else None
+        metrics[f"inverse_median_k_rel_error_iter{k}"] = metric(rel, "fraction", None, "min")
+        for name in ("generated", "stage1_passed", "stage2_run", "stage2_passed", "stage3_labelled", "stage3_hits",
+                     "mape_converged"):
+            metrics[f"inverse_{name}_iter{k}"] = metric(c[name], "structures", None, "max")
+    test = BulkModulusPrefilter().meta["test"]
+    metrics["inverse_prefilter_test_mae_gpa"] = metric(test["mae_gpa"], "GPa", None, "min")
+    metrics["inverse_prefilter_test_mape"] = metric(test["mape"], "fraction", None, "min")
+    if wall is not None:
+        metrics["inverse_campaign_wall_s"] = metric(wall, "s", 1500, "min")
+    return metrics, cycles
+
+
 def env_info() -> dict:
     from importlib.metadata import version
 
@@ -176,7 +217,21 @@ def main(argv=None) -> dict:
     ap.add_argument("--pyscf-only", action="store_true",
                     help="Run flows/pyscf_two_level.yaml on a fresh store (about 25 min) and merge its metrics into --out.")
     ap.add_argument("--pyscf-home", default=None, help="With --pyscf-only: score the run in this QADB_HOME instead.")
+    ap.add_argument("--inverse-only", action="store_true",
+                    help="Run flows/inverse_bulk_modulus.yaml on a fresh store and merge its metrics into --out.")
+    ap.add_argument("--inverse-home", default=None, help="With --inverse-only: score the run in this QADB_HOME instead.")
     args = ap.parse_args(argv)
+    if args.inverse_only:
+        result = json.loads(args.out.read_text())
+        metrics, cycles = inverse_campaign(args.inverse_home)
+        result["metrics"].update(metrics)
+        result["inverse_cycles"] = cycles
+        result["env_inverse"] = env_info()
+        args.out.write_text(json.dumps(result, indent=1, default=float) + "\n")
+        print("| metric | value | unit |\n|---|---|---|")
+        for k, m in metrics.items():
+            print(f"| {k} | {m['value']} | {m['unit']} |")
+        return result
     if args.pyscf_only:
         result = json.loads(args.out.read_text())
         metrics, rows = pyscf_campaign(args.pyscf_home)

@@ -7,6 +7,7 @@ import signal
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from qadb.campaign import build, recipe as recipes, state
 from qadb.campaign.engine import Engine
@@ -16,19 +17,35 @@ from qadb.store.documents import CampaignDoc
 RUNNERS = ("local", "fireworks")
 
 
+def _engine(cid: str, rec: dict, runner: str, on_event: Callable[[str], None] | None, launchpad_file: str | Path | None,
+            launchpad: Any, poll_s: float, wait_timeout_s: float | None) -> Engine:
+    parts = build.parts(rec, cid)
+    if runner == "fireworks" and launchpad is None and launchpad_file is not None:
+        from qadb.store.connection import current
+        from qadb.workflows.fireworks import launchpad as open_launchpad
+
+        launchpad = open_launchpad(current().uri if current() else None, config_file=launchpad_file)
+    return Engine(cid, rec, parts, runner=runner, on_event=on_event, launchpad=launchpad, poll_s=poll_s,
+                  wait_timeout_s=wait_timeout_s)
+
+
 def launch(recipe: str | Path | dict, *, runner: str = "local", seed: int | None = None,
-           on_event: Callable[[str], None] | None = None) -> CampaignDoc:
-    """Start (or continue, if the same recipe and seed already ran) a campaign and run it to the end."""
+           on_event: Callable[[str], None] | None = None, launchpad_file: str | Path | None = None,
+           launchpad: Any = None, poll_s: float = 30.0, wait_timeout_s: float | None = 86400.0) -> CampaignDoc:
+    """Start (or continue, if the same recipe and seed already ran) a campaign and run it to the end.
+
+    With ``runner="fireworks"`` each cycle's paid jobs go to the LaunchPad in the store's MongoDB
+    (or the one `launchpad_file` names, or the given `launchpad`) and the campaign waits for workers,
+    polling every `poll_s` seconds; after `wait_timeout_s` it stops (state "stopped") and `resume`
+    continues the wait without submitting anything twice.
+    """
     if runner not in RUNNERS:
         raise InputError(f"unknown runner {runner!r}; choose from {', '.join(RUNNERS)}")
-    if runner == "fireworks":
-        raise InputError("--runner fireworks is not available for campaigns yet (cycle jobs run locally); "
-                         "use `qadb worker` with `qadb relax/label --runner fireworks` for cluster jobs")
     rec = recipes.validate(recipe) if isinstance(recipe, dict) else recipes.load(recipe)
     if seed is not None:
         rec["seed"] = int(seed)
     cid = recipes.campaign_id(rec)
-    return Engine(cid, rec, build.parts(rec, cid), runner=runner, on_event=on_event).run()
+    return _engine(cid, rec, runner, on_event, launchpad_file, launchpad, poll_s, wait_timeout_s).run()
 
 
 def _get(cid: str) -> CampaignDoc:
@@ -39,14 +56,17 @@ def _get(cid: str) -> CampaignDoc:
     return doc
 
 
-def resume(cid: str, on_event: Callable[[str], None] | None = None) -> CampaignDoc:
-    """Continue a campaign from the phase it was in; a stopped campaign is restarted."""
+def resume(cid: str, on_event: Callable[[str], None] | None = None, *, launchpad_file: str | Path | None = None,
+           launchpad: Any = None, poll_s: float = 30.0, wait_timeout_s: float | None = 86400.0) -> CampaignDoc:
+    """Continue a campaign from the phase it was in, with the runner it was launched with; a stopped
+    campaign is restarted (a fireworks campaign finds the jobs it already queued)."""
     doc = _get(cid)
+    engine = _engine(cid, doc.recipe, doc.runner or "local", on_event, launchpad_file, launchpad, poll_s,
+                     wait_timeout_s)  # a LaunchPad that cannot be reached fails here, before any state changes
     if doc.state == "stopped":
         doc.state = "running"
         state.save(doc)
-    rec = doc.recipe
-    return Engine(cid, rec, build.parts(rec, cid), runner=doc.runner or "local", on_event=on_event).run()
+    return engine.run()
 
 
 def stop(cid: str, *, writable: bool = True) -> str:

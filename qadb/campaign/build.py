@@ -41,6 +41,10 @@ def parts(recipe: dict, cid: str) -> Parts:
     source = recipe["candidates"]["source"]
     if source == "replay":
         return replay_parts(recipe)
+    if recipe["kind"] == "inverse_design":
+        from qadb.campaign.inverse import inverse_parts
+
+        return inverse_parts(recipe, cid)
     from qadb.campaign.generative import generative_parts
 
     return generative_parts(recipe, cid)

@@ -3,7 +3,8 @@
 generate → predict → select → validate → augment → retrain → decide, once per cycle. Cycle 0 of
 a replay campaign is the random seed set (`candidates.init` calls). The parts (source, model,
 labeller) come from `qadb.campaign.build`; everything random is seeded by (seed, cycle) so a resumed
-campaign reaches the same final state as an uninterrupted one.
+campaign reaches the same final state as an uninterrupted one. With the fireworks runner the validate
+phase sends its paid jobs to a LaunchPad and waits for workers (`qadb.campaign.remote`).
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import signal
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from qadb.campaign import state
 from qadb.campaign.acquisition import Window, divergence, select
 from qadb.campaign.parts import Labeller, Model, Prediction, Source
+from qadb.campaign.remote import JobLabeller, LaunchPadValidator
 from qadb.campaign.replay import HitRule
 from qadb.store.documents import CampaignDoc, CycleDoc
 from qadb.store.documents.common import utcnow
@@ -41,10 +44,23 @@ class Engine:
     """Runs one campaign to completion (or until stopped), persisting every step."""
 
     def __init__(self, cid: str, recipe: dict, parts: Parts, runner: str = "local",
-                 on_event: Callable[[str], None] | None = None):
+                 on_event: Callable[[str], None] | None = None, *, launchpad: Any = None, poll_s: float = 30.0,
+                 wait_timeout_s: float | None = 86400.0):
+        """`runner` "fireworks" sends the validate phase's jobs to `launchpad` (default: the one in the
+        open store's MongoDB) and waits for workers, polling every `poll_s` for at most `wait_timeout_s`."""
         self.cid, self.recipe, self.parts, self.runner = cid, recipe, parts, runner
         self.say = on_event or (lambda _msg: None)
         self._pred: tuple[list[str], Prediction] | None = None
+        self._pause: str | None = None
+        self.remote: LaunchPadValidator | None = None
+        if runner == "fireworks" and isinstance(parts.labeller, JobLabeller):
+            if launchpad is None:
+                from qadb.store.connection import current
+                from qadb.workflows.fireworks import launchpad as open_launchpad
+
+                launchpad = open_launchpad(current().uri if current() else None)
+            self.remote = LaunchPadValidator(cid, parts.labeller, launchpad, poll_s=poll_s, timeout_s=wait_timeout_s,
+                                             say=self.say)
 
     # --- bookkeeping -------------------------------------------------------------------------
     @property
@@ -71,8 +87,12 @@ class Engine:
         if doc.state == "completed":
             return doc
         doc.state, doc.error, doc.pid, doc.host = "running", None, os.getpid(), socket.gethostname()
+        doc.stop_reason, doc.runner = None, self.runner
         state.save(doc)
-        self._stop_requested = False
+        self._stop_requested, self._pause = False, None
+        if self.runner == "fireworks" and self.remote is None:
+            self.say(f"{self.parts.labeller.fidelity} labels come from the replay oracle in this process: "
+                     "there are no paid jobs to send to the LaunchPad")
         previous = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() else None
         try:
             return self._loop(doc)
@@ -88,7 +108,7 @@ class Engine:
         self._stop_requested = True  # finish the phase in hand, then stop cleanly (resumable)
 
     def _stopping(self) -> bool:
-        if self._stop_requested:
+        if self._stop_requested or self._pause:
             return True
         current = CampaignDoc.objects(id=self.cid).only("state").first()
         return current is not None and current.state == "stopped"
@@ -104,7 +124,7 @@ class Engine:
                 state.fault_point(phase, doc.cycle)
                 getattr(self, f"_{phase}")(doc, cyc)
                 if self._stopping() and doc.state == "running":
-                    doc.state, doc.stop_reason = "stopped", "stopped by the user"
+                    doc.state, doc.stop_reason = "stopped", self._pause or "stopped by the user"
                     state.save(doc)
                     return doc
             if doc.state == "running":
@@ -155,6 +175,12 @@ class Engine:
         cyc.save()
 
     def _validate(self, doc: CampaignDoc, cyc: CycleDoc) -> None:
+        if self.remote is not None:
+            self._pause = self.remote.validate(doc.cycle, cyc, self._stopping)
+            if self._pause is None:
+                self.say(f"cycle {doc.cycle}: {len(cyc.labels)} labelled at {self.parts.labeller.fidelity} by workers, "
+                         f"{len(cyc.failed)} failed")
+            return
         for n, doc_id in enumerate(cyc.selected):
             key = state.key(doc_id)
             if key in cyc.labels or key in cyc.failed:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -186,13 +187,28 @@ class MLIPLabeller(_ReferencedLabeller):
         lab = LabelDoc.objects(id__in=out.labels, property="energy_per_atom").first()
         return (out.new_structure, lab.value) if lab else None
 
+    @staticmethod
+    def _reference_id(element: str) -> str:
+        from qadb.drivers import reference_structure
+        from qadb.workflows.persist import store_structure
+
+        cell, _ = reference_structure(element)
+        return store_structure(cell, Origin(kind="computed", settings={"reference_state": element}))
+
+    def jobs(self, doc_id: str) -> list[tuple[str, Any]]:
+        """The tracked relaxations this label needs (the candidate's, then its elemental references'),
+        as (job id, jobflow Job): what the fireworks runner sends to workers."""
+        from qadb.workflows import RelaxMaker
+        from qadb.workflows.core import load_structure
+
+        maker = RelaxMaker(settings=self.relax)
+        structure = load_structure(doc_id)[1]
+        ids = [doc_id, *(self._reference_id(el) for el in sorted({str(e) for e in structure.composition.elements}))]
+        return [(maker.job_id(sid, load_structure(sid)[1]), maker.make(sid)) for sid in ids]
+
     def _reference(self, element: str) -> float:
         if element not in self._mu:
-            from qadb.drivers import reference_structure
-            from qadb.workflows.persist import store_structure
-
-            cell, _ = reference_structure(element)
-            sid = store_structure(cell, Origin(kind="computed", settings={"reference_state": element}))
+            sid = self._reference_id(element)
             got = self._energy(sid)
             if got is None:
                 raise ConfigError(f"the {self.fidelity} relaxation of the {element} reference did not converge")
@@ -248,6 +264,16 @@ class DFTLabeller(_ReferencedLabeller):
         except InputError:
             return False
         return True
+
+    def jobs(self, doc_id: str) -> list[tuple[str, Any]]:
+        """The tracked label jobs (low level first, if any), as (job id, jobflow Job); each computes or
+        reads its elemental references itself."""
+        from qadb import workflows as wf
+        from qadb.workflows.core import load_structure
+
+        structure = load_structure(doc_id)[1]
+        makers = [wf.label_maker(self.method, s) for s in (self.low, self.settings) if s is not None]
+        return [(m.job_id(doc_id, structure), m.make(doc_id)) for m in makers]
 
     def label(self, doc_id: str) -> float | None:
         from qadb import workflows as wf

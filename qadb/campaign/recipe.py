@@ -115,6 +115,35 @@ SCHEMA: dict[str, Any] = {
                 "delta_min": {"type": ["number", "null"]}, "delta_max": {"type": ["number", "null"]},
             },
         },
+        "inverse": {
+            "type": "object", "additionalProperties": False,
+            "description": "inverse_design: target property, three screening stages, MAPE probe, generator fine-tune",
+            "properties": {
+                "target": {"type": "number", "exclusiveMinimum": 0, "description": "target bulk modulus (GPa)"},
+                "guidance": {"type": "number", "minimum": 0, "description": "CFG strength on the K condition"},
+                "prefilter_tolerance": {"type": "number", "exclusiveMinimum": 0, "maximum": 1,
+                                        "description": "stage I: keep |K_pred - target| <= this x target"},
+                "prefilter_checkpoint": {"type": ["string", "null"]},
+                "mlip_tolerance": {"type": "number", "exclusiveMinimum": 0, "maximum": 1,
+                                   "description": "stage II: keep |K_MLIP - target| <= this x target"},
+                "mlip": {"enum": ["chgnet", "sevennet"]},
+                "second_mlip": {"enum": ["chgnet", "sevennet"],
+                                "description": "stage III where no MP binary matches"},
+                "stage2_max": {"type": "integer", "minimum": 0, "description": "stage-II calculations per cycle"},
+                "mape_samples": {"type": "integer", "minimum": 1,
+                                 "description": "random generated crystals per cycle whose MLIP K gives the MAPE"},
+                "eos_points": {"type": "integer", "minimum": 5},
+                "relax": {"type": "object", "additionalProperties": False,
+                          "properties": {"fmax": {"type": "number", "exclusiveMinimum": 0},
+                                         "steps": {"type": "integer", "minimum": 1}}},
+                "finetune": {"type": "object", "additionalProperties": False,
+                             "properties": {"steps": {"type": "integer", "minimum": 1},
+                                            "batch_size": {"type": "integer", "minimum": 2},
+                                            "lr": {"type": "number", "exclusiveMinimum": 0},
+                                            "new_fraction": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                                            "replay": {"type": "integer", "minimum": 0}}},
+            },
+        },
         "retrain": {
             "type": "object", "additionalProperties": False,
             "properties": {
@@ -136,6 +165,15 @@ DEFAULTS: dict[str, Any] = {
     "validate": {"settings": {}, "cost": 1},
     "hit": {},
     "retrain": {"validator_every": 1, "generator_every": 5},
+}
+
+
+# seed 003's screens (±30 % pre-filter, ±20 % MLIP) and CPU-sized probe, stage-II and fine-tune budgets
+INVERSE_DEFAULTS: dict[str, Any] = {
+    "guidance": 2.0, "prefilter_tolerance": 0.3, "prefilter_checkpoint": None, "mlip_tolerance": 0.2,
+    "mlip": "chgnet", "second_mlip": "sevennet", "stage2_max": 4, "mape_samples": 8, "eos_points": 5,
+    "relax": {"fmax": 0.1, "steps": 200},
+    "finetune": {"steps": 40, "batch_size": 16, "lr": 5e-5, "new_fraction": 0.5, "replay": 128},
 }
 
 
@@ -176,7 +214,29 @@ def validate(recipe: dict, where: str = "recipe") -> dict:
     if merged["validate"].get("low_level") and merged["validate"]["labeller"] not in ("pyscf", "vasp"):
         raise ConfigError(f"{where}: validate.low_level needs a DFT labeller (pyscf or vasp), "
                           f"not {merged['validate']['labeller']}")
+    if merged["kind"] == "inverse_design":
+        _check_inverse(merged, where)
     return merged
+
+
+def _check_inverse(recipe: dict, where: str) -> None:
+    """inverse_design needs a target, generated candidates and the stage-III labeller; one line per problem."""
+    problems = []
+    if (recipe.get("inverse") or {}).get("target") is None:
+        problems.append("inverse.target is required for kind inverse_design")
+    if recipe["candidates"]["source"] != "generator":
+        problems.append("candidates.source must be generator for kind inverse_design")
+    if recipe["validate"]["labeller"] != "mlip":
+        problems.append("validate.labeller must be mlip for kind inverse_design (stage III: MP DFT where a known "
+                        "binary matches, else inverse.second_mlip)")
+    if problems:
+        raise ConfigError(f"{where}: " + "; ".join(problems))
+    from qadb.campaign.inverse import settings
+
+    try:
+        settings(recipe)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def load(path: str | Path) -> dict:

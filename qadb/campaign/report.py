@@ -1,8 +1,11 @@
 """Campaign reports: the per-cycle table, plots a person would rather look at, and an HTML page.
 
 Plots (PNG): cumulative hits and hit rate against high-fidelity calls; divergence against the true
-low-vs-high error of what was validated; survival through the funnel per cycle. The HTML page
-embeds them with the table, so one file can be mailed or opened from a cluster.
+low-vs-high error of what was validated; survival through the funnel per cycle; and, for generative
+campaigns, hull diagrams of the chemical systems where hits were found (seed 000 Fig. 11): the hull
+at the campaign's fidelity from every formation energy in the store, with the stored phases and the
+campaign's candidates marked. The HTML page embeds them with the table, so one file can be mailed
+or opened from a cluster.
 """
 
 from __future__ import annotations
@@ -12,11 +15,15 @@ import html
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from qadb.campaign import state
 from qadb.store.documents import CampaignDoc
+
+if TYPE_CHECKING:
+    from qadb.chem import PhaseHull
 
 COLUMNS = ("cycle", "strategy", "generated", "passed_funnel", "passed_target_filter", "selected", "validated",
            "failed", "hits", "budget_spent", "cumulative_hits")
@@ -101,6 +108,129 @@ def _plots(cid: str, rows: list[dict], folder: Path) -> dict[str, str]:
     return files
 
 
+MAX_HULL_SYSTEMS = 4  # hull diagrams per report: the systems with the most hits
+
+
+@dataclass
+class HullSystem:
+    """One chemical system at one fidelity where the campaign found hits: the ids of the structures
+    carrying its labels there (a relaxed child for MLIP labels), and which of them are hits."""
+
+    chemsys: str
+    fidelity: str
+    candidates: set[str] = field(default_factory=set)
+    hits: set[str] = field(default_factory=set)
+
+
+def hit_systems(cid: str) -> list[HullSystem]:
+    """Systems with hits, most hits first: each labelled candidate is traced to the stored
+    formation-energy label holding the value the campaign recorded (its fidelity and chemsys)."""
+    from qadb.store.documents import LabelDoc
+
+    values, hit_ids = {}, set()
+    for c in state.cycles(cid):
+        values.update({state.unkey(k): float(v) for k, v in c.labels.items()})
+        hit_ids.update(c.hits)
+    if not hit_ids:
+        return []
+    ids = sorted(values)
+    labels = LabelDoc._get_collection()
+    # the whole origin: nx-27017 returns no origin.parents for a dotted projection
+    fields = {"structure": 1, "chemsys": 1, "fidelity": 1, "value": 1, "origin": 1}
+    query = {"property": "formation_energy_per_atom", "status": "ok"}
+    found = [*labels.find({**query, "structure": {"$in": ids}}, fields),  # DFT labels sit on the candidate
+             *labels.find({**query, "origin.parents": {"$in": ids}}, fields)]  # MLIP labels on its relaxed child
+    systems: dict[tuple[str, str], HullSystem] = {}
+    for lab in found:
+        for cand in {lab["structure"], *(lab.get("origin") or {}).get("parents", [])} & set(values):
+            if abs(lab["value"] - values[cand]) <= 1e-6 * max(1.0, abs(values[cand])):
+                where = (lab["chemsys"], lab["fidelity"])
+                system = systems.setdefault(where, HullSystem(*where))
+                system.candidates.add(lab["structure"])
+                if cand in hit_ids:
+                    system.hits.add(lab["structure"])
+    ranked = [s for s in systems.values() if s.hits]
+    return sorted(ranked, key=lambda s: (-len(s.hits), s.chemsys, s.fidelity))
+
+
+def hull_figure(hull: PhaseHull, path: str | Path, *, candidates: set[str] = frozenset(),
+                hits: set[str] = frozenset(), title: str | None = None) -> str:
+    """Draw a binary (E_f against composition, hull line) or ternary (composition triangle, tie lines)
+    hull; stored phases grey, candidates blue, hits red stars, phases on the hull outlined in black."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from pymatgen.core import Composition
+
+    from qadb.chem._hull import REF_PREFIX
+
+    n = len(hull.elements)
+    if n not in (2, 3):
+        raise ValueError(f"hull diagrams are drawn for binary and ternary systems, not {hull.chemsys}")
+    entries = list(hull.entries)
+    frac = np.array([hull.fractions(e.composition) for e in entries])
+    energy = np.array([e.energy_per_atom for e in entries])
+    e_above = energy - hull.hull_energies(frac)[0]
+    on_hull = set(hull.facets.ravel().tolist())
+    if n == 2:
+        xy = np.column_stack([frac[:, 1], energy])
+    else:
+        xy = np.column_stack([frac[:, 1] + frac[:, 2] / 2, frac[:, 2] * np.sqrt(3) / 2])
+    fig, ax = plt.subplots(figsize=(5.6, 4.4))
+    for facet in hull.facets:
+        edges = [(facet[0], facet[1])] if n == 2 else [(facet[0], facet[1]), (facet[1], facet[2]), (facet[0], facet[2])]
+        for a, b in edges:
+            ax.plot(xy[[a, b], 0], xy[[a, b], 1], "-", color="0.35", lw=1, zorder=1)
+    kinds = [("hit" if e.id in hits else "candidate" if e.id in candidates else "stored") for e in entries]
+    styles = {"stored": dict(marker="o", s=22, c="0.6", label="stored phases"),
+              "candidate": dict(marker="s", s=34, c="tab:blue", label="campaign candidates"),
+              "hit": dict(marker="*", s=120, c="tab:red", label="campaign hits")}
+    for kind, style in styles.items():
+        rows = [i for i, k in enumerate(kinds) if k == kind and not entries[i].id.startswith(REF_PREFIX)]
+        if rows:
+            ax.scatter(xy[rows, 0], xy[rows, 1], zorder=3, edgecolors=["k" if i in on_hull else "none" for i in rows],
+                       **style)
+    for i, e in enumerate(entries):
+        if i in on_hull or kinds[i] == "hit":
+            name = e.id[len(REF_PREFIX):] if e.id.startswith(REF_PREFIX) else Composition(e.composition).reduced_formula
+            note = "" if i in on_hull else f" (+{1000 * e_above[i]:.0f} meV)"
+            ax.annotate(name + note, xy[i], textcoords="offset points", xytext=(4, 4), fontsize=7)
+    if n == 2:
+        ax.axhline(0, color="0.8", lw=0.6, zorder=0)
+        ax.set(xlabel=f"x in {hull.elements[0]}$_{{1-x}}${hull.elements[1]}$_x$",
+               ylabel=f"formation energy (eV/atom, {hull.fidelity})")
+    else:
+        corners = np.array([[0, 0], [1, 0], [0.5, np.sqrt(3) / 2], [0, 0]])
+        ax.plot(corners[:, 0], corners[:, 1], "-", color="0.2", lw=1)
+        ax.set_aspect("equal")
+        ax.axis("off")
+    ax.set_title(title or f"{hull.chemsys} hull at {hull.fidelity}")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+def _hull_plots(cid: str, folder: Path) -> dict[str, str]:
+    """Hull diagrams of the binary and ternary systems with the most hits (at most MAX_HULL_SYSTEMS)."""
+    from qadb.chem import build_hull
+    from qadb.fidelity import slug
+    from qadb.workflows.hull import hull_entries
+
+    files = {}
+    drawable = [s for s in hit_systems(cid) if len(s.chemsys.split("-")) in (2, 3)]
+    for system in drawable[:MAX_HULL_SYSTEMS]:
+        hull = build_hull(hull_entries(system.chemsys, system.fidelity), elements=system.chemsys.split("-"),
+                          fidelity=system.fidelity)
+        name = f"hull_{system.chemsys}_{slug(system.fidelity)}.png"
+        files[f"hull {system.chemsys} ({system.fidelity})"] = hull_figure(
+            hull, folder / name, candidates=system.candidates, hits=system.hits,
+            title=f"{system.chemsys} at {system.fidelity}: {len(system.hits)} hit(s)")
+    return files
+
+
 def _html(rep: Report, folder: Path) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r[c] if not isinstance(r[c], float) else f'{r[c]:g}'))}</td>"
@@ -127,6 +257,8 @@ def build_report(doc: CampaignDoc, out_dir: str | Path | None = None) -> Report:
         folder = Path(out_dir)
         folder.mkdir(parents=True, exist_ok=True)
         rep.files = _plots(doc.id, rows, folder)
+        if doc.kind != "replay":  # replay candidates are dataset rows, not stored structures
+            rep.files.update(_hull_plots(doc.id, folder))
         rep.files["html"] = _html(rep, folder)
         (folder / "report.json").write_text(json.dumps(rep.as_dict(), indent=1, default=str))
         rep.files["json"] = str(folder / "report.json")

@@ -44,15 +44,33 @@ def launch() -> None:
     """Launch work described by a recipe in flows/."""
 
 
+def _fireworks_options(command):
+    """Where the LaunchPad is and how long a fireworks campaign waits for its workers."""
+    command = click.option("--launchpad", "launchpad_file", type=click.Path(path_type=Path), default=None,
+                           help="fireworks runner: my_launchpad.yaml (${VAR} expanded; default: the store's "
+                                "MongoDB).")(command)
+    command = click.option("--poll", "poll_s", type=float, default=30.0, show_default=True,
+                           help="fireworks runner: seconds between looks at the LaunchPad.")(command)
+    return click.option("--wait-timeout", "wait_timeout_s", type=float, default=86400.0, show_default=True,
+                        help="fireworks runner: seconds to wait for workers before stopping (resume continues; "
+                             "0: no limit).")(command)
+
+
+def _wait(wait_timeout_s: float) -> float | None:
+    return wait_timeout_s if wait_timeout_s > 0 else None
+
+
 @launch.command("campaign")
 @click.argument("recipe")
 @click.option("--runner", type=click.Choice(["local", "fireworks"]), default="local", show_default=True,
-              help="local runs every job in this process; fireworks sends each cycle's jobs to the LaunchPad.")
+              help="local runs every job in this process; fireworks sends each cycle's paid jobs to the LaunchPad "
+                   "for `qadb worker` on any machine and waits for them.")
 @click.option("--seed", type=int, default=None, help="Override the recipe's seed.")
 @click.option("--report-dir", type=click.Path(path_type=Path), default=None,
               help="Where to write the report (default: ./qadb-reports/<campaign id>).")
+@_fireworks_options
 @click.pass_context
-def launch_campaign(ctx, recipe, runner, seed, report_dir):
+def launch_campaign(ctx, recipe, runner, seed, report_dir, launchpad_file, poll_s, wait_timeout_s):
     """Run the campaign RECIPE (a YAML file, or the name of one in flows/) to its end, then report.
 
     Launching the same recipe and seed again continues the same campaign instead of starting over.
@@ -60,7 +78,8 @@ def launch_campaign(ctx, recipe, runner, seed, report_dir):
     from qadb.campaign import launch as run, report
 
     with open_store(ctx):
-        doc = run(recipe, runner=runner, seed=seed, on_event=_say)
+        doc = run(recipe, runner=runner, seed=seed, on_event=_say, launchpad_file=launchpad_file, poll_s=poll_s,
+                  wait_timeout_s=_wait(wait_timeout_s))
         rep = report(doc.id, report_dir or Path("qadb-reports") / doc.id)
     _print_report(rep)
 
@@ -90,13 +109,15 @@ def campaign_status(ctx, campaign_id):
 @campaign.command("resume")
 @click.argument("campaign_id")
 @click.option("--report-dir", type=click.Path(path_type=Path), default=None)
+@_fireworks_options
 @click.pass_context
-def campaign_resume(ctx, campaign_id, report_dir):
+def campaign_resume(ctx, campaign_id, report_dir, launchpad_file, poll_s, wait_timeout_s):
     """Continue a campaign from the phase it stopped or crashed in; paid calls are never repeated."""
     from qadb.campaign import report, resume
 
     with open_store(ctx):
-        doc = resume(campaign_id, on_event=_say)
+        doc = resume(campaign_id, on_event=_say, launchpad_file=launchpad_file, poll_s=poll_s,
+                     wait_timeout_s=_wait(wait_timeout_s))
         rep = report(doc.id, report_dir or Path("qadb-reports") / doc.id)
     _print_report(rep)
 
