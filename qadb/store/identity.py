@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import spglib
@@ -161,10 +162,17 @@ def symmetry(cell: SpglibCell, symprec: float = SYMPREC) -> tuple[int | None, st
 _AMU_PER_A3_TO_G_PER_CM3 = 1.66053906660  # density in g/cm^3 without pymatgen's slow unit objects
 
 
+@lru_cache(maxsize=None)
+def _element(symbol: str) -> tuple[int, float]:
+    """(Z, atomic mass in amu): `Element(symbol)` is an Enum lookup costing more per site than the rest of `_identity`."""
+    el = Element(symbol)
+    return el.Z, float(el.atomic_mass)
+
+
 def _identity(structure: dict, lattice: Lattice, symbols: list[str], frac: np.ndarray, comp: Composition,
               mass: float, with_symmetry: bool) -> tuple[Identity, SpglibCell]:
     elements = sorted(el.symbol for el in comp.elements)
-    cell = (lattice.matrix, frac, [Element(s).Z for s in symbols], symbols)
+    cell = (lattice.matrix, frac, [_element(s)[0] for s in symbols], symbols)
     sg, symbol, wyckoff = symmetry(cell) if with_symmetry else (None, None, "")
     volume = float(lattice.volume)
     ident = Identity(
@@ -207,8 +215,7 @@ def analyse_cell(cell: Cell, *, with_symmetry: bool = True) -> tuple[Identity, S
     amounts: dict[str, float] = {}
     for sym in cell.symbols:  # site order, as Structure.composition sums them
         amounts[sym] = amounts.get(sym, 0.0) + 1.0
-    masses = {sym: float(Element(sym).atomic_mass) for sym in amounts}
-    mass = sum(masses[sym] for sym in cell.symbols)
+    mass = sum(_element(sym)[1] for sym in cell.symbols)
     return _identity(cell.as_dict(), cell.lattice, cell.symbols, cell.frac, Composition(amounts), mass, with_symmetry)
 
 

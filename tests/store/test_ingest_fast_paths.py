@@ -57,14 +57,51 @@ def test_insert_new_skips_stored_and_repeated_ids_and_is_queryable(store):
     assert insert_new(coll, []) == 0
 
 
+def _strained(s: Structure, strain: tuple[float, float, float]) -> Structure:
+    out = s.copy()
+    out.lattice = Lattice(out.lattice.matrix * [[1 + x] for x in strain])
+    return out
+
+
 def test_reduced_once_fits_like_structure_matcher():
     nacl = rocksalt()
     variants = [rocksalt(conventional=True), rocksalt(5.64 * 1.03), rocksalt(5.64 * 1.2), rocksalt(species=("K", "Cl")),
                 Structure.from_spacegroup("Pm-3m", Lattice.cubic(3.3), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])]
+    variants += [_strained(nacl, x) for x in ((0.1, 0, 0), (0.15, -0.05, 0), (0.25, 0, 0), (0.4, 0, -0.2), (0.3, 0.3, -0.3))]
     perturbed = nacl.copy()
     perturbed.perturb(0.05, min_distance=0.01, seed=1)
+    ruled_out = 0
     for a, b in itertools.product([nacl, perturbed], variants + [perturbed]):
-        assert ingest._fits(ingest._reduced(a.as_dict()), ingest._reduced(b.as_dict())) == ingest._MATCHER.fit(a, b)
+        ra, rb = ingest._reduced(a.as_dict()), ingest._reduced(b.as_dict())
+        ruled_out += ingest._cannot_map(ra, rb)
+        assert ingest._fits(ra, rb) == ingest._MATCHER.fit(a, b)
+    assert ruled_out >= 4  # the cheap lattice rejection was exercised, and agreed with fit
+
+
+def test_cheap_rejection_gives_the_same_clusters_as_plain_fits(monkeypatch, shared_data):
+    """Carbon-24's crowded symmetry clusters settled with `_cannot_map` in front of every fit and
+    with StructureMatcher alone: the same merges, flags and representatives."""
+    rows = pd.read_csv(shared_data / "carbon_24" / "val.csv.gz", nrows=400)
+    recs = [RawRecord(f"c:{i}", "cif", cif, "t", source_id=str(i)) for i, cif in enumerate(rows["cif"])]
+    items = [a for a in ingest.analyse_all(recs, workers=1) if a.identity]
+    clusters: dict[str, list] = {}
+    for order, item in enumerate(items):
+        clusters.setdefault(item.identity.dedupe_key, []).append(ingest._entry(item, order))
+    crowded = [entries for entries in clusters.values() if len(entries) > 3]
+    counts = {"ruled_out": 0}
+    cannot_map = ingest._cannot_map
+
+    def counting(r1, r2):
+        out = cannot_map(r1, r2)
+        counts["ruled_out"] += out
+        return out
+
+    monkeypatch.setattr(ingest, "_cannot_map", counting)
+    fast = [ingest._settle_cluster(([], entries)) for entries in crowded]
+    monkeypatch.setattr(ingest, "_cannot_map", lambda r1, r2: False)
+    plain = [ingest._settle_cluster(([], entries)) for entries in crowded]
+    assert fast == plain
+    assert counts["ruled_out"] > 50 and sum(d[0] is not None for c in plain for d in c) > 10  # both paths were taken
 
 
 def _dump(collection) -> list[dict]:
