@@ -1,6 +1,6 @@
 """Store benchmark: ingest rate with deduplication, query latency, re-ingest, embedded vs wire server.
 
-    python bench/store.py [--quick] [--out FILE]
+    python bench/store.py [--quick] [--out FILE] [--keep DIR]
 
 Full: every structure-bearing staged dataset pooled (~71k records, ~44k after deduplication) into
 the embedded store, queries at 10k and at the full size, and a 10k ingest + queries on an
@@ -57,32 +57,64 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def _query_latencies(n_queries: int, seed: int = 0) -> dict[str, list[float]]:
+def _query_latencies(n_queries: int, seed: int = 0, engine_compare: bool = False) -> dict[str, list[float]]:
+    """Wall ms per query kind; the CPU ms of the same calls under ``cpu_<kind>``.
+
+    chemsys, chemsys + property range and formula are equality lookups; ``elements`` is "contains
+    A and B" for two elements that occur together in some stored structure (the whole result);
+    ``elements_limit`` "contains X" for one element, first 100; ``property_only`` a property
+    range with no chemsys, first 100. ``*_engine`` repeats the last three, a few times, the way
+    the engine plans them without the SQL indexes (what these queries cost before).
+    """
     rng = random.Random(seed)
-    systems = [d["chemsys"] for d in StructureDoc._get_collection().find({}, {"chemsys": 1})]
-    formulas = [d["formula_pretty"] for d in StructureDoc._get_collection().find({}, {"formula_pretty": 1})]
+    coll = StructureDoc._get_collection()
+    systems = [d["chemsys"] for d in coll.find({}, {"chemsys": 1})]
+    formulas = [d["formula_pretty"] for d in coll.find({}, {"formula_pretty": 1})]
+    pairs = sorted({tuple(rng.sample(els, 2)) for els in (s.split("-") for s in systems) if len(els) >= 2})
+    singles = sorted({el for s in systems for el in s.split("-")})
     find(Query(chemsys=systems[0]))  # first query builds the engine's in-process indexes
     kinds = {
         "chemsys": lambda: Query(chemsys=rng.choice(systems)),
         "chemsys_property": lambda: Query(chemsys=rng.choice(systems), property="formation_energy_per_atom", value_range=(-5.0, 0.0)),
         "formula": lambda: Query(formula=rng.choice(formulas)),
+        "elements": lambda: Query(elements=list(rng.choice(pairs))),
+        "elements_limit": lambda: Query(elements=[rng.choice(singles)], limit=100),
+        "property_only": lambda: _property_window(rng),
     }
-    out: dict[str, list[float]] = {k: [] for k in kinds}
+    out: dict[str, list[float]] = {}
     for _ in range(n_queries):
         for kind, make in kinds.items():
             q = make()
-            t = time.perf_counter()
+            c, t = time.process_time(), time.perf_counter()
             find(q)
-            out[kind].append((time.perf_counter() - t) * 1000)
-    for kind, q in (("elements_scan", Query(elements=["O"], limit=100)),
-                    ("property_only_scan", Query(property="band_gap", value_range=(1.0, 1.8), limit=100))):
-        t = time.perf_counter()
-        find(q)
-        out[kind] = [(time.perf_counter() - t) * 1000]
+            out.setdefault(kind, []).append((time.perf_counter() - t) * 1000)
+            out.setdefault("cpu_" + kind, []).append((time.process_time() - c) * 1000)
+    for kind in ("elements", "elements_limit", "property_only") if engine_compare else ():
+        for _ in range(3):
+            q = kinds[kind]()
+            c, t = time.process_time(), time.perf_counter()
+            find(q, use_index=False)
+            out.setdefault(kind + "_engine", []).append((time.perf_counter() - t) * 1000)
+            out.setdefault("cpu_" + kind + "_engine", []).append((time.process_time() - c) * 1000)
     return out
 
 
-def _ingest(uri: str, records, read_s: float) -> dict:
+def _property_window(rng: random.Random) -> Query:
+    prop, lo, hi = rng.choice([("band_gap", 0.0, 6.0), ("formation_energy_per_atom", -4.0, 0.5)])
+    a = rng.uniform(lo, hi)
+    return Query(property=prop, value_range=(round(a, 2), round(a + (hi - lo) * 0.1, 2)), limit=100)
+
+
+def _first_query_in_new_process(uri: str) -> dict:
+    """A fresh process (as `qadb query --elements Li,O` is): connect read-only, time the first query."""
+    code = ("import json,sys,time; from qadb.store import connect, find, Query; s=connect(sys.argv[1], read_only=True); "
+            "c,t=time.process_time(),time.perf_counter(); n=len(find(Query(elements=['Li','O']))); "
+            "print(json.dumps({'wall_ms':(time.perf_counter()-t)*1000,'cpu_ms':(time.process_time()-c)*1000,'n':n}))")
+    res = subprocess.run([sys.executable, "-c", code, uri], capture_output=True, text=True, cwd=ROOT, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _ingest(uri: str, records, read_s: float, engine_compare: bool = False) -> dict:
     stages: dict[str, float] = {}
 
     def progress(stage: str, done: int, total: int) -> None:
@@ -103,8 +135,10 @@ def _ingest(uri: str, records, read_s: float) -> dict:
         t = time.perf_counter()
         again = ingest_records(s, records)
         dt_re = time.perf_counter() - t
-        lat = _query_latencies(20 if len(records) < 5000 else 50)
-    return {"seconds": dt, "records": len(records), "structures": n_struct, "labels": n_labels,
+        load_q = os.getloadavg()[0]
+        lat = _query_latencies(20 if len(records) < 5000 else 50, engine_compare=engine_compare)
+    first = _first_query_in_new_process(uri) if not uri.startswith("mongodb") else None
+    return {"first_query": first, "load_queries": load_q, "seconds": dt, "records": len(records), "structures": n_struct, "labels": n_labels,
             "merged": rep.merged, "reingest_added": again.new_structures + again.new_labels,
             "reingest_s": dt_re, "latency": lat, "cpu_s": cpu + read_s, "phases": phases, "load": (load0, load1)}
 
@@ -133,6 +167,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "store.json")
+    ap.add_argument("--keep", type=Path, default=None, help="keep the full embedded store here (to compare dedupe outcomes)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="qadb-bench-"))
     metrics: dict[str, dict] = {}
@@ -150,7 +185,7 @@ def main() -> None:
             small = _ingest(str(tmp / "embedded10k"), recs[:10000], read_s * 10000 / len(recs))
             for kind in ("chemsys", "chemsys_property"):
                 put(f"query_p50_ms_10k_{kind}", np.percentile(small["latency"][kind], 50), "ms", 20, "min")
-            big = _ingest(str(tmp / "embedded"), recs, read_s)
+            big = _ingest(str(tmp / "embedded"), recs, read_s, engine_compare=True)
             label = f"{len(recs)} records"
         rate = big["records"] / big["seconds"]
         put("ingest_per_s", rate, "structures/s", 500, "max")
@@ -167,7 +202,12 @@ def main() -> None:
         put("query_p50_ms", np.percentile(both, 50), "ms", 20, "min")
         put("query_p95_ms", np.percentile(both, 95), "ms", None, "min")
         for kind, vals in big["latency"].items():
-            put(f"query_{kind}_p50_ms", np.percentile(vals, 50), "ms", None, "min")
+            if kind.startswith("cpu_"):
+                put(f"query_{kind[4:]}_cpu_p50_ms", np.percentile(vals, 50), "ms", None, "min")
+            else:
+                put(f"query_{kind}_p50_ms", np.percentile(vals, 50), "ms", 50 if kind in ("elements", "elements_limit", "property_only") else None, "min")
+        put("query_elements_first_in_new_process_ms", big["first_query"]["wall_ms"], "ms", None, "min")
+        put("query_elements_first_in_new_process_cpu_ms", big["first_query"]["cpu_ms"], "ms", None, "min")
         wire_recs = recs[:1500] if args.quick else recs[:10000]
         if shutil.which("nx-27017"):
             uri, stop = _start_wire(tmp / "wire")
@@ -179,12 +219,17 @@ def main() -> None:
             wboth = w["latency"]["chemsys"] + w["latency"]["chemsys_property"]
             put("wire_query_p50_ms", np.percentile(wboth, 50), "ms", None, "min")
             put("wire_query_p95_ms", np.percentile(wboth, 95), "ms", None, "min")
+            for kind in ("elements", "elements_limit", "property_only"):
+                put(f"wire_query_{kind}_p50_ms", np.percentile(w["latency"][kind], 50), "ms", None, "min")
             put("wire_reingest_added", w["reingest_added"], "count", 0, "min")
     finally:
+        if args.keep and (tmp / "embedded").exists():
+            shutil.copytree(tmp / "embedded", args.keep, dirs_exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
     env = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
            "ingest_workers": default_workers(), "load_avg_1m": os.getloadavg()[0],
-           "load_avg_1m_ingest_start_end": [round(x, 2) for x in big["load"]], "workload": label}
+           "load_avg_1m_ingest_start_end": [round(x, 2) for x in big["load"]],
+           "load_avg_1m_queries_start": round(big["load_queries"], 2), "workload": label}
     result = {"area": "store", "quick": args.quick, "env": env, "metrics": metrics}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
@@ -192,7 +237,8 @@ def main() -> None:
     for name, m in metrics.items():
         print(f"| {name} | {m['value']} | {m['unit']} | {m['target'] if m['target'] is not None else ''} |")
     print(f"\n{label}; {env['ingest_workers']} ingest workers on {env['cpus']} cores; load average "
-          f"{env['load_avg_1m']:.1f} at the end, {big['load'][0]:.1f} / {big['load'][1]:.1f} at ingest start / end; "
+          f"{env['load_avg_1m']:.1f} at the end, {big['load'][0]:.1f} / {big['load'][1]:.1f} at ingest start / end, "
+          f"{big['load_queries']:.1f} at query start; "
           f"written to {args.out}")
 
 

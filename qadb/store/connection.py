@@ -196,7 +196,19 @@ def _connect_embedded(uri: str, read_only: bool) -> Store:
     )
     if not read_only:
         ensure_indexes()
+        _install_sql_indexes(store)
     return store
+
+
+def _install_sql_indexes(store: Store) -> None:
+    """The embedded store's SQL query indexes (`qadb.store.sqlindex`): tables and triggers."""
+    from qadb.store import sqlindex
+    from qadb.store.documents import LabelDoc, StructureDoc
+
+    for doc in (StructureDoc, LabelDoc):
+        table = _sqlite_collection(store.db[doc._get_collection_name()])
+        if table is not None:
+            sqlindex.install(table)
 
 
 def ensure_indexes() -> None:
@@ -242,11 +254,17 @@ def insert_new(collection: Any, docs: list[dict]) -> int:
         if key not in seen:
             seen.add(key)
             fresh.append((key, doc))
+    from qadb.store import sqlindex
+
+    kind = sqlindex.kind_of(table)
+    indexed = kind is not None and sqlindex.installed(table)
     with table._rwlock.writer(), table._connection:
         table._connection.executemany(
             f"INSERT INTO {documents._table_name} VALUES (?, ?)",  # nosec
             [(key, documents._encode_doc(doc)) for key, doc in fresh],
         )
+        if indexed:  # the SQL query indexes, in the same transaction (no re-reading later)
+            sqlindex.write_rows(table, kind, fresh)
         if table._query_index is not None:
             for key, doc in fresh:
                 table._query_index.add(key, doc)

@@ -41,7 +41,7 @@ from pymatgen.core import Structure
 
 from qadb import __version__, fidelity as fid
 from qadb.errors import InputError
-from qadb.store import properties
+from qadb.store import properties, sqlindex
 from qadb.store.connection import Store, insert_new
 from qadb.store.documents import Activity, AliasDoc, LabelDoc, Member, Origin, Ref, StructureDoc, utcnow
 from qadb.store.identity import Cell, Identity, SpglibCell, analyse_cell, analyse_structure, content_hash, symmetry
@@ -743,6 +743,7 @@ def _ingest(store: Store, records: list[RawRecord], strict: bool, workers: int |
     planner.report.skipped = [a.error for a in bad]
     labels: dict[str, dict] = {}
     touched: set[str] = set()
+    labelled_once: set[str] = set()  # new materials that one labelled record of this batch reached so far
     if progress:
         progress("dedupe", 0, total)
     origins = [_origin(item.record, activity) for item in good]
@@ -751,8 +752,14 @@ def _ingest(store: Store, records: list[RawRecord], strict: bool, workers: int |
         for lab in item.labels:
             doc = _label_mongo(mid, chemsys, lab, item.record.source_id, origin)
             labels.setdefault(doc["_id"], doc)
-        if item.labels and (mid not in planner.new_docs or len(planner.new_docs[mid]["members"]) > 1):
+        if not item.labels:
+            continue
+        # labels can disagree where two records reach one material: a stored one, one with
+        # several members, or one reached twice by the same representation (an exact repeat
+        # adds no member but brings its own labels)
+        if mid not in planner.new_docs or len(planner.new_docs[mid]["members"]) > 1 or mid in labelled_once:
             touched.add(mid)
+        labelled_once.add(mid)
     report = planner.report
     if progress:
         progress("write", 0, total)
@@ -766,6 +773,8 @@ def _ingest(store: Store, records: list[RawRecord], strict: bool, workers: int |
     report.new_labels = insert_new(LabelDoc._get_collection(), list(labels.values()))
     Activity.objects(id=activity).update_one(set__status="completed", set__ended_at=utcnow())
     report.conflicts = len(in_batch) + flag_conflicts(touched - fresh)
+    # merged materials and flagged labels were updated in place: index them now, not at the next query
+    sqlindex.sync_store([StructureDoc._get_collection(), LabelDoc._get_collection()])
     report.activity = activity
     report.seconds = time.perf_counter() - t0
     Activity.objects(id=activity).update_one(set__summary=report.as_dict())
