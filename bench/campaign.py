@@ -175,6 +175,9 @@ def inverse_campaign(home: str | None = None) -> tuple[dict, list[dict]]:
         subprocess.run([sys.executable, "-m", "qadb.cli", "launch", "campaign", "flows/inverse_bulk_modulus.yaml"],
                        env=env, check=True, cwd=ROOT)
         wall = time.time() - t
+        (Path(home) / "inverse_wall_s.json").write_text(json.dumps(wall))
+    elif (Path(home) / "inverse_wall_s.json").exists():  # scoring a run this function made
+        wall = json.loads((Path(home) / "inverse_wall_s.json").read_text())
     rec = recipes.load(ROOT / "flows" / "inverse_bulk_modulus.yaml")
     target = rec["inverse"]["target"]
     with connect(str(Path(home) / "store")):
@@ -185,6 +188,12 @@ def inverse_campaign(home: str | None = None) -> tuple[dict, list[dict]]:
         k = c["cycle"]
         last = k == cycles[-1]["cycle"]
         metrics[f"inverse_mape_iter{k}"] = metric(c["mape"], "fraction", 0.14 if last else None, "min")
+        if c.get("probe_k"):  # bootstrap 95 % CI of the probe MAPE (resampling the converged probe crystals)
+            lo, hi = bootstrap_mape(np.array(c["probe_k"]), target)
+            metrics[f"inverse_mape_iter{k}_ci_low"] = metric(lo, "fraction", None, "min")
+            metrics[f"inverse_mape_iter{k}_ci_high"] = metric(hi, "fraction", None, "min")
+        metrics[f"inverse_mape_samples_iter{k}"] = metric(c["mape_samples"], "structures", None, "max")
+        metrics[f"inverse_median_k_gpa_iter{k}"] = metric(c["median_k_gpa"], "GPa", None, None)
         metrics[f"inverse_mape_screened_iter{k}"] = metric(c["mape_screened"], "fraction", None, "min")
         metrics[f"inverse_mape_stage3_iter{k}"] = metric(c["mape_stage3"], "fraction", None, "min")
         rel = abs(c["median_k_gpa"] - target) / target if c["median_k_gpa"] is not None else None
@@ -198,6 +207,14 @@ def inverse_campaign(home: str | None = None) -> tuple[dict, list[dict]]:
     if wall is not None:
         metrics["inverse_campaign_wall_s"] = metric(wall, "s", 1500, "min")
     return metrics, cycles
+
+
+def bootstrap_mape(k: np.ndarray, target: float, n: int = 10000, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile bootstrap interval of mean |k - target| / target."""
+    err = np.abs(k - target) / target
+    rng = np.random.default_rng(seed)
+    means = err[rng.integers(0, len(err), size=(n, len(err)))].mean(axis=1)
+    return round(float(np.percentile(means, 2.5)), 4), round(float(np.percentile(means, 97.5)), 4)
 
 
 def env_info() -> dict:
@@ -224,6 +241,8 @@ def main(argv=None) -> dict:
     if args.inverse_only:
         result = json.loads(args.out.read_text())
         metrics, cycles = inverse_campaign(args.inverse_home)
+        # one run's inverse metrics only: nothing left over from an earlier run with more cycles or other fields
+        result["metrics"] = {k: v for k, v in result["metrics"].items() if not k.startswith("inverse_")}
         result["metrics"].update(metrics)
         result["inverse_cycles"] = cycles
         result["env_inverse"] = env_info()

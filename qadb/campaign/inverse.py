@@ -116,7 +116,7 @@ class InverseSource:
         if cycle == 0 or path.is_file():
             return path
         parent = self.checkpoint(cycle - 1)
-        labelled = state.labelled(self.cid, through=cycle - 1)
+        labelled = finetune_set(self.cid, cycle - 1)
         if not labelled:  # nothing validated yet: the generator carries over unchanged
             return parent
         from qadb.models.generator.finetune import crystals_from_structures, finetune
@@ -124,11 +124,14 @@ class InverseSource:
         ft = self.inv["finetune"]
         relaxed = [relaxed_id(i, self.inv) for i in sorted(labelled)]
         pairs = [(r, labelled[i]) for i, r in zip(sorted(labelled), relaxed) if r is not None]
+        if not pairs:
+            return parent
         new = crystals_from_structures(self.structures.get([r for r, _ in pairs]), "bulk_modulus",
                                        [v for _, v in pairs])
         replay = replay_crystals(ft["replay"], seed=self.recipe["seed"] + cycle)
         finetune(parent, path, new, replay, steps=ft["steps"], batch_size=ft["batch_size"], lr=ft["lr"],
                  new_fraction=ft["new_fraction"], seed=self.recipe["seed"] * 1000 + cycle, threads=1)
+        state.fault_point("finetune", cycle)
         return path
 
     def candidates(self, cycle: int, exclude: set[str], n: int, seed: int) -> list[str]:
@@ -145,16 +148,34 @@ class InverseSource:
         cycle_seed = int(np.random.default_rng([seed, cycle, 3]).integers(2**31))
         cond = {"K": self.inv["target"]}
         guidance = {"K": self.inv["guidance"]}
+        # one torch thread: the default (the cores idle right now) changes the floating-point reductions with the
+        # machine's load, so a generate phase redone after a crash would sample different crystals
         crystals = sample(path, n=n, conditions=cond, guidance=guidance, steps=self.cand.get("steps"),
-                          num_atoms=self.cand.get("num_atoms"), chemsys=self.cand.get("chemsys"), seed=cycle_seed)
+                          num_atoms=self.cand.get("num_atoms"), chemsys=self.cand.get("chemsys"), seed=cycle_seed,
+                          threads=1)
         cfg = {"mode": "gen", "conditions": cond, "guidance": guidance, "steps": self.cand.get("steps"),
                "num_atoms": self.cand.get("num_atoms"), "chemsys": self.cand.get("chemsys"), "seed": cycle_seed}
         settings_ = {k: v for k, v in cfg.items() if v is not None}
         ids = store_samples(crystals, checkpoint=ckpt, settings=settings_, campaign=self.cid, cycle=cycle)["ids"]
+        state.fault_point("sample", cycle)
         return [i for i in dict.fromkeys(ids) if i not in exclude]
 
     def features(self, ids: list[str]) -> np.ndarray:
         return standardise(self.structures.fingerprints(ids))
+
+
+def finetune_set(cid: str, through: int) -> dict[str, float]:
+    """The crystals the generator learns after cycle `through`, each with the K it is conditioned on: every
+    stage-III-labelled one (its stage-III K) and every stage-II survivor not bought at stage III (within the
+    MLIP tolerance of the target by its stage-II K, which it is conditioned on). A handful of stage-III labels
+    per iteration is too few to move the generator; the survivors passed the same two screens."""
+    out: dict[str, float] = {}
+    k_mlip = {state.unkey(k): v for rec in records(cid) if rec["cycle"] <= through for k, v in rec["k_mlip"].items()}
+    for cyc in state.cycles(cid):
+        if cyc.index <= through:
+            out.update({i: float(k_mlip[i]) for i in cyc.generated if i in k_mlip})
+    out.update(state.labelled(cid, through=through))  # the stage-III value wins where there is one
+    return out
 
 
 def replay_crystals(n: int, seed: int) -> dict | None:
@@ -222,7 +243,11 @@ class Screen:
         order = sorted(stage1, key=lambda i: abs(k_pred[ids.index(i)] - target))[: inv["stage2_max"]]
         probe = mape_subset(ids, inv["mape_samples"], self.recipe["seed"], cycle)
         todo = list(dict.fromkeys(probe + order))
-        k_mlip = dict(zip(todo, bulk_moduli(todo, inv, inv["mlip"])))
+        k_mlip: dict[str, float | None] = {}
+        for n, i in enumerate(todo):  # probe first, then the stage-II candidates not already in the probe
+            k_mlip[i] = bulk_moduli([i], inv, inv["mlip"])[0]
+            if n == 0 or n == len(probe):
+                state.fault_point("probe-mid" if n < len(probe) else "stage2-mid", cycle)
         self.k_mlip.update({i: v for i, v in k_mlip.items() if v is not None})
         stage2 = [i for i in order if k_mlip[i] is not None and abs(k_mlip[i] - target) <= inv["mlip_tolerance"] * target]
         probe_k = np.array([k_mlip[i] for i in probe if k_mlip[i] is not None])
@@ -232,9 +257,11 @@ class Screen:
                   "stage2_converged": int(len(screened_k)), "stage2_passed": len(stage2),
                   "mape_samples": len(probe), "mape_converged": int(len(probe_k)),
                   "mape": _mape(probe_k, target), "median_k_gpa": _median(probe_k),
+                  "probe_k": [round(float(k), 2) for k in probe_k],
                   "mape_screened": _mape(screened_k, target), "prefilter_median_k_gpa": _median(k_pred),
                   "k_mlip": {state.key(i): round(float(k_mlip[i]), 2) for i in todo if k_mlip[i] is not None}}
         _set_note(self.cid, cycle, record)
+        state.fault_point("screened", cycle)
         return stage2
 
 

@@ -75,33 +75,65 @@ def _finish(result: Any, allow_unconverged: bool, what: str) -> Any:
     return result
 
 
-def bulk_modulus(structure: Any, settings: BulkModulusSettings = BulkModulusSettings(), *, device: str = "cpu",
-                 threads: int | None = 1, allow_unconverged: bool = False) -> BulkModulusResult:
-    """Bulk modulus (GPa) from an EOS fit to E(V) of the MLIP-relaxed structure."""
-    start = time.perf_counter()
-    base, mlip = _relaxed(structure, settings.relax, device, threads)
-    v_ref = base.structure.volume
-    volumes, energies, converged = [], [], base.converged
+def _ev_scan(base: Structure, v_centre: float, settings: BulkModulusSettings, mlip: MLIP,
+             threads: int | None) -> tuple[list[float], list[float], bool]:
+    """E(V) at `n_points` volumes spread ±`max_volume_strain` around `v_centre`, ions relaxed in each cell."""
+    volumes, energies, converged = [], [], True
     with limit_threads(threads):
         for x in np.linspace(-settings.max_volume_strain, settings.max_volume_strain, settings.n_points):
-            cell = base.structure.copy()
-            cell.scale_lattice(v_ref * (1 + x))
+            cell = base.copy()
+            cell.scale_lattice(v_centre * (1 + x))
             energy, _, ok = _fixed_cell(cell, mlip, settings.relax)
             volumes.append(cell.volume)
             energies.append(energy)
             converged &= ok
+    return volumes, energies, converged
+
+
+def _eos_fit(settings: BulkModulusSettings, volumes: list[float], energies: list[float], base: RelaxResult):
     try:
         fit = EOS(settings.eos).fit(volumes, energies)
-        b0, v0, e0, b1 = float(fit.b0_GPa), float(fit.v0), float(fit.e0), float(fit.b1)
+        return float(fit.b0_GPa), float(fit.v0), float(fit.e0), float(fit.b1)
     except Exception as exc:  # pymatgen raises EOSError or numpy errors on a non-convex scan
         raise ConvergenceError(f"EOS fit failed for {base.structure.formula}: {exc}", base) from None
+
+
+# a relaxation converged to fmax leaves a residual stress of about fmax / (volume per atom) (the cell filter
+# scales the virial by the number of atoms): ~2 GPa at fmax 0.1 eV/Å, so a soft cell (K ≲ 30 GPa) can sit more
+# than the scan's half-width away from its E(V) minimum. Such a scan is redone once, centred on the first fit's
+# minimum (at most this many half-widths away); the E(V) curve, not the relaxation's stress, decides the minimum.
+MAX_RECENTRE = 3.0
+
+
+def bulk_modulus(structure: Any, settings: BulkModulusSettings = BulkModulusSettings(), *, device: str = "cpu",
+                 threads: int | None = 1, allow_unconverged: bool = False) -> BulkModulusResult:
+    """Bulk modulus (GPa) from an EOS fit to E(V) of the MLIP-relaxed structure.
+
+    The scan spans ±`max_volume_strain` around the relaxed volume; when the fitted minimum falls outside it,
+    the scan is repeated once around that minimum (within `MAX_RECENTRE` half-widths) and all points are fitted.
+    """
+    start = time.perf_counter()
+    base, mlip = _relaxed(structure, settings.relax, device, threads)
+    v_ref = base.structure.volume
+    volumes, energies, converged = _ev_scan(base.structure, v_ref, settings, mlip, threads)
+    converged &= base.converged
+    b0, v0, e0, b1 = _eos_fit(settings, volumes, energies, base)
+    recentred = False
+    if converged and not min(volumes) < v0 < max(volumes):
+        shift = settings.max_volume_strain * MAX_RECENTRE
+        centre = float(np.clip(v0, v_ref * (1 - shift), v_ref * (1 + shift))) if np.isfinite(v0) else v_ref
+        more_v, more_e, ok = _ev_scan(base.structure, centre, settings, mlip, threads)
+        volumes, energies, converged, recentred = volumes + more_v, energies + more_e, converged & ok, True
+        order = np.argsort(volumes)
+        volumes, energies = [volumes[i] for i in order], [energies[i] for i in order]
+        b0, v0, e0, b1 = _eos_fit(settings, volumes, energies, base)
     # a minimum outside the scanned range is an extrapolation, not a fit
     converged &= bool(min(volumes) < v0 < max(volumes)) and b0 > 0
     result = BulkModulusResult(
         property="bulk_modulus", value=b0, units="GPa", fidelity=mlip.fidelity, code=mlip.code,
         code_version=mlip.code_version,
         parameters={**base.parameters, "method": f"eos:{settings.eos}", "max_volume_strain": settings.max_volume_strain,
-                    "n_points": settings.n_points},
+                    "n_points": settings.n_points, "recentred": recentred},
         converged=converged, wall_time_s=time.perf_counter() - start,
         input_hash=input_hash(base.initial_structure, settings),
         eos=settings.eos, volumes_A3=volumes, energies_eV=energies, v0_A3=v0, e0_eV=e0, b_prime=b1,

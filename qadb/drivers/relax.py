@@ -122,6 +122,24 @@ def structure_changed(initial: Structure, final: Structure, settings: RelaxSetti
     return not matcher.fit(initial, final)
 
 
+def right_handed(structure: Structure) -> Structure:
+    """The same crystal (same Cartesian positions) on a right-handed cell: a left-handed lattice (det < 0) has its
+    three vectors negated, and the fractional coordinates with them.
+
+    CHGNet's stress is dE/dε divided by the *signed* cell volume, so on a left-handed cell it has the wrong sign:
+    the cell filter then compresses a cell that wants to expand (and vice versa), the energy climbs and the
+    relaxation runs away (seen: 22 of 48 cells sampled from the generator for K = 350 GPa are left-handed; the
+    runaway guard stopped their relaxations with "energy rose by > 1 eV/atom" while CHGNet's stress said
+    +0.206 eV/Å^3 where dE/dV was -0.206).
+    """
+    if np.linalg.det(structure.lattice.matrix) >= 0:
+        return structure
+    from pymatgen.core import Lattice
+
+    return Structure(Lattice(-structure.lattice.matrix), [site.species for site in structure],
+                     -structure.frac_coords, site_properties=structure.site_properties or None)
+
+
 def relax(structure: Any, settings: RelaxSettings = RelaxSettings(), *, device: str = "cpu", threads: int | None = 1,
           allow_unconverged: bool = False, trajectory: list[dict] | None = None) -> RelaxResult:
     """Relax positions (and the cell unless `relax_cell=False`) with the MLIP named in `settings`.
@@ -130,7 +148,7 @@ def relax(structure: Any, settings: RelaxSettings = RelaxSettings(), *, device: 
     returns an unconverged result (flagged `converged=False`) instead of raising `ConvergenceError`;
     `trajectory`: a list that receives one frame per optimiser step (the workflows store it in GridFS).
     """
-    initial = checked(structure)
+    initial = right_handed(checked(structure))
     mlip = settings.mlip(device)
     atoms = AseAtomsAdaptor.get_atoms(initial)
     atoms.calc = mlip.calculator()

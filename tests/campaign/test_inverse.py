@@ -87,6 +87,37 @@ def test_prefilter_artifact_loads_safely_and_predicts():
     assert model.meta["test"]["n"] > 500 and model.meta["test"]["mape"] < 0.6
 
 
+# --- stage II relaxation --------------------------------------------------------------------------------
+def left_handed(s: Structure) -> Structure:
+    m = s.lattice.matrix[[1, 0, 2]]  # two vectors swapped: det < 0, same crystal
+    return Structure(Lattice(m), s.species, s.cart_coords, coords_are_cartesian=True)
+
+
+def test_left_handed_cell_is_made_right_handed_without_moving_atoms():
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    from qadb.drivers.relax import right_handed
+
+    s = left_handed(rocksalt("Mg", "O", 4.21))
+    assert np.linalg.det(s.lattice.matrix) < 0
+    r = right_handed(s)
+    assert np.linalg.det(r.lattice.matrix) > 0 and np.allclose(r.cart_coords, s.cart_coords)
+    assert StructureMatcher().fit(r, s) and right_handed(r) is r
+
+
+@pytest.mark.slow
+def test_chgnet_relaxes_a_left_handed_cell_like_its_right_handed_twin():
+    """On a left-handed cell CHGNet's stress has the wrong sign; the driver must not let that steer the cell."""
+    from qadb.drivers import RelaxSettings, relax
+
+    s = rocksalt("Mg", "O", 4.0)  # compressed: the cell must expand
+    settings = RelaxSettings(model="chgnet", fmax=0.05, steps=200)
+    right = relax(s, settings, allow_unconverged=True)
+    left = relax(left_handed(s), settings, allow_unconverged=True)
+    assert right.converged and left.converged
+    assert right.volume_change > 0.05 and left.volume_change == pytest.approx(right.volume_change, abs=0.01)
+
+
 # --- stages --------------------------------------------------------------------------------------------
 def _store(structures) -> list[str]:
     from qadb.store.documents import Origin
@@ -116,6 +147,30 @@ def test_screen_stages_counts_and_mape(embedded_uri, monkeypatch):
     assert kept == [i for i in stage1 if abs(fake_k[i] - 350) <= 70]
     assert note["mape_samples"] == 3 and note["mape"] == pytest.approx(np.mean([70 / 350, 190 / 350, 343 / 350]), abs=1e-4)
     assert note["median_k_gpa"] == 160.0
+
+
+def test_finetune_set_is_stage2_survivors_with_stage3_values_first(embedded_uri, monkeypatch):
+    """The generator learns every stage-II survivor (its CHGNet K) and the stage-III value where one was bought;
+    crystals that failed stage II, and later cycles, stay out."""
+    fake_k = {}
+    monkeypatch.setattr(inverse, "bulk_moduli", lambda ids, inv, model: [fake_k.get(i) for i in ids])
+    with connect(embedded_uri):
+        ids = _store([diamond(), rocksalt("Mg", "O", 4.21), rocksalt("Ti", "C", 4.33), sodium()])
+        fake_k.update(dict(zip(ids, [420.0, 160.0, 300.0, None])))
+        r = rec(inverse={"target": 350, "prefilter_tolerance": 1.0, "mlip_tolerance": 0.3, "mape_samples": 1,
+                         "stage2_max": 4})
+        screen = inverse.Screen(r, "cid", inverse.settings(r), _FakeSource(), _Structures())
+        kept = screen(ids)
+        cyc = state.cycle("cid", 0)
+        cyc.generated = kept
+        cyc.labels = {state.key(ids[0]): 380.0}  # stage III bought the diamond
+        cyc.save()
+        later = state.cycle("cid", 1)
+        later.labels = {state.key(ids[1]): 170.0}
+        later.save()
+        got = inverse.finetune_set("cid", 0)
+    assert kept == [ids[0], ids[2]] or kept == [ids[2], ids[0]]
+    assert got == {ids[0]: 380.0, ids[2]: 300.0}
 
 
 @needs_data
