@@ -8,9 +8,11 @@ Two sources of samples:
     python bench/generator.py --data .gen_scratch/gen_data.pt --npz-csp EVAL_CSP.npz --npz-gen EVAL_GEN.npz \
         [--quick] [--cpu-sample 100 --cpu-steps 100] --out bench/results/generator.json
 
-``--quick`` evaluates the first 500 test structures for CSP and 200 generated structures. Metrics that cannot be
-computed here are written as null with a reason (csp_match_rate_20 needs an ``--npz-csp-k`` file with 20 samples
-per composition; cfg_shift_mled needs M_LED). COV-R/COV-P use matminer's CrystalNN and Magpie fingerprints.
+``--quick`` evaluates the first 500 test structures for CSP and 200 generated structures. Metrics that the given
+files cannot give are listed under ``details.not_measured`` (csp_match_rate_20 needs an ``--npz-csp-k`` file with
+20 samples per composition; cfg_shift_c / cfg_shift_mled need ``gpu_eval --cond C=0.7 M_LED=9`` samples beside the
+unconditioned ones). COV-R/COV-P use matminer's CrystalNN and Magpie fingerprints. S.U.N. is measured by
+``bench/_sun.py`` (MLIP relaxations) and merged with ``--sun FILE``.
 """
 
 from __future__ import annotations
@@ -57,6 +59,35 @@ def split_structs(t, n=None):
         na = na[:n]
     k = int(na.sum())
     return to_structures(t["types"][:k].long(), t["frac"][:k], t["lattice"][: len(na)], na)
+
+
+def _mled_value(s) -> float:
+    from qadb.chem import mled
+
+    try:
+        return mled(s).value
+    except Exception:  # counted as missing, not as a value
+        return float("nan")
+
+
+def descriptor_values(structs, prop: str, radii, workers=2) -> np.ndarray:
+    """C or M_LED of each structure (M_LED in worker processes: ~80 ms per structure)."""
+    if prop == "compactness":
+        return np.array([compactness(s, radii) for s in structs])
+    with ProcessPoolExecutor(workers) as pool:
+        return np.array(list(pool.map(_mled_value, structs, chunksize=16)))
+
+
+def cfg_shift(cond: np.ndarray, uncond: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Conditioned minus unconditioned mean with a bootstrap 95 % CI (both sets resampled)."""
+    cond, uncond = cond[np.isfinite(cond)], uncond[np.isfinite(uncond)]
+    rng = np.random.default_rng(seed)
+    boots = [rng.choice(cond, len(cond)).mean() - rng.choice(uncond, len(uncond)).mean() for _ in range(n_boot)]
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return {"shift": round(float(cond.mean() - uncond.mean()), 4), "ci": [round(float(lo), 4), round(float(hi), 4)],
+            "cond_mean": round(float(cond.mean()), 4), "uncond_mean": round(float(uncond.mean()), 4),
+            "cond_std": round(float(cond.std()), 4), "uncond_std": round(float(uncond.std()), 4),
+            "n_cond": int(len(cond)), "n_uncond": int(len(uncond))}
 
 
 def struct_valid(s, cutoff=0.5) -> bool:
@@ -133,15 +164,29 @@ def _best_of_k(args):
     return best
 
 
+def wilson_ci(hits: int, n: int, z: float = 1.96) -> list[float]:
+    """95 % Wilson score interval of a match rate, in %: the sample sizes here (100 compositions) make it wide."""
+    if n == 0:
+        return [0.0, 0.0]
+    p = hits / n
+    mid, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [round(100 * (mid - half), 1), round(100 * (mid + half), 1)]
+
+
 def csp_k_metrics(pred_sets, gts, workers=2):
     """csp_match_rate_k (DiffCSP): a composition counts as matched when any of its k samples matches; the RMSE
-    is that of the best-matching sample."""
+    is that of the best-matching sample. The first sample of each set gives the 1-sample rate on the same
+    compositions and sampler, so the two can be compared."""
     with ProcessPoolExecutor(workers) as ex:
         rms = list(ex.map(_best_of_k, zip(pred_sets, gts), chunksize=4))
-    m = [r for r in rms if r is not None]
+        rms1 = list(ex.map(_best_of_k, zip([p[:1] for p in pred_sets], gts), chunksize=4))
+    m, m1 = [r for r in rms if r is not None], [r for r in rms1 if r is not None]
     k = len(pred_sets[0]) if pred_sets else 0
     return {f"csp_match_rate_{k}": round(100 * len(m) / len(gts), 2),
-            f"csp_rmse_{k}": round(float(np.mean(m)), 4) if m else None, f"csp_{k}_n": len(gts)}
+            f"csp_rmse_{k}": round(float(np.mean(m)), 4) if m else None, f"csp_{k}_n": len(gts),
+            f"csp_match_rate_{k}_ci95": wilson_ci(len(m), len(gts)),
+            f"csp_match_rate_1_same_{k}": round(100 * len(m1) / len(gts), 2),
+            f"csp_match_rate_1_same_{k}_ci95": wilson_ci(len(m1), len(gts))}
 
 
 def compactness(s, radii):
@@ -274,6 +319,9 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "bench/results/generator.json"))
     ap.add_argument("--update", action="store_true", help="merge into an existing --out JSON")
+    ap.add_argument("--cfg-only", action="store_true",
+                    help="with --npz-gen: only the cfg_shift_* metrics (keep the other generation metrics as stored)")
+    ap.add_argument("--sun", help="JSON written by `bench/_sun.py score`: sun_rate and its counts")
     a = ap.parse_args(argv)
     global COV_REF
     COV_REF = a.cov_ref
@@ -282,9 +330,7 @@ def main(argv=None):
     radii = blob["test"]["radii"].numpy()
     n_csp = 500 if a.quick else None
     n_gen = 200 if a.quick else None
-    res = {"quick": a.quick, "split": "MP-20 test (held out)", "csp_match_rate_20": None,
-           "csp_match_rate_20_note": "not measured (1 sample per test composition only)", "cfg_shift_mled": None,
-           "cfg_shift_mled_note": "M_LED column not yet available (qadb.chem); no M_LED-conditioned model"}
+    res = {"quick": a.quick, "split": "MP-20 test (held out)"}
     if not (a.npz_csp or a.npz_gen or a.ablation or a.npz_csp_k or a.npz_sweep):
         test_all, train_by_formula = [], {}
     else:
@@ -327,11 +373,12 @@ def main(argv=None):
     if a.npz_gen:
         d = np.load(a.npz_gen)
         meta = json.loads(str(d["meta_json"]))
-        res["gen_meta"] = meta
+        res["cfg_meta" if a.cfg_only else "gen_meta"] = meta
         gens = _structs(d, "gen", n_gen)
-        res.update(gen_metrics(gens, test_all, train_by_formula, radii, a.workers))
-        if d["gen_num_atoms"].shape[0] >= 1000 and meta["steps"] >= 1000:
-            res["sample_1000_gpu_s"] = meta["timing"]["gen_s"]
+        if not a.cfg_only:
+            res.update(gen_metrics(gens, test_all, train_by_formula, radii, a.workers))
+            if d["gen_num_atoms"].shape[0] >= 1000 and meta["steps"] >= 1000:
+                res["sample_1000_gpu_s"] = meta["timing"]["gen_s"]
         if "cfgc0_z" in d:
             lo, hi = meta["cfg_targets"]
             cs = []
@@ -340,10 +387,22 @@ def main(argv=None):
                 cs.append(float(np.mean([compactness(s, radii) for s in ss])))
             res["cfg_c_targets"] = [lo, hi]
             res["cfg_c_means"] = [round(c, 4) for c in cs]
-            res["cfg_shift_c"] = round((cs[1] - cs[0]) / (hi - lo), 4)
+            res["cfg_slope_c"] = round((cs[1] - cs[0]) / (hi - lo), 4)
+        conds = meta.get("cond") or {}
+        if conds:
+            gen_valid = [s for s in gens if struct_valid(s)]
+            for prop, target in conds.items():
+                cond = [s for s in _structs(d, f"cond_{prop}", n_gen) if struct_valid(s)]
+                r = cfg_shift(descriptor_values(cond, prop, radii, a.workers),
+                              descriptor_values(gen_valid, prop, radii, a.workers))
+                name = {"compactness": "c", "mled": "mled"}.get(prop, prop)
+                res[f"cfg_shift_{name}"] = r["shift"]
+                res[f"cfg_shift_{name}_detail"] = {**r, "target": target, "guidance": meta.get("cond_guidance"),
+                                                   "definition": "mean over struct-valid conditioned samples minus "
+                                                                 "mean over struct-valid unconditioned samples"}
         print("gen", {k: v for k, v in res.items() if k in ("struct_validity", "comp_validity", "uniqueness",
                                                             "novelty", "wdist_density", "wdist_nelem",
-                                                            "cfg_shift_c", "cfg_c_means")}, flush=True)
+                                                            "cfg_shift_c", "cfg_shift_mled", "cfg_slope_c", "cfg_c_means")}, flush=True)
     abl = {}
     for pair in a.ablation:
         name, path = pair.split("=", 1)
@@ -386,6 +445,10 @@ def main(argv=None):
                            f"load "
                            f"average {load0:.1f} before and {os.getloadavg()[0]:.1f} after the run")
         print("cpu sampling", dt, sset, flush=True)
+    if a.sun:
+        sun = json.loads(Path(a.sun).read_text())
+        res["sun_rate"] = sun["sun_rate"]
+        res["sun_detail"] = {k: v for k, v in sun.items() if k != "sun_rate"}
     res["bench_wall_s"] = round(time.time() - t0, 1)
     out = Path(a.out)
     if a.update and out.exists():
@@ -411,7 +474,8 @@ METRICS = {
     "wdist_density": ("g/cm^3", None, "min"), "wdist_nelem": ("elements", None, "min"),
     "uniqueness": ("%", None, "max"), "novelty": ("%", None, "max"), "sun_rate": ("%", 25.0, "max"),
     "sample_1000_gpu_s": ("s", 60.0, "min"), "sample_100_cpu_s": ("s", 120.0, "min"),
-    "cfg_shift_c": ("ratio", None, "max"), "cfg_shift_mled": ("ratio", None, "max"),
+    "cfg_shift_c": ("C (cond 0.7 minus uncond)", None, "max"),
+    "cfg_shift_mled": ("bits (cond 9 minus uncond)", None, "max"),
 }
 
 

@@ -309,3 +309,23 @@ def test_grow_fourier_preserves_the_function():
     assert big.layers[0].w_geo.weight.grad[:, 4:9].abs().sum() > 0
     with pytest.raises(ValueError, match="shrink"):
         grow_fourier(small.state_dict(), 4, 2)
+
+
+def test_sampled_left_handed_cells_become_right_handed_with_the_same_atoms():
+    """The denoiser sees L only through LᵀL, so sampled cells can be left-handed; CHGNet's stress has the wrong
+    sign on those, so `to_structures` must return the same crystal on a right-handed cell."""
+    import numpy as np
+
+    from qadb.models.generator.api import to_structures
+
+    lat = torch.tensor([[[4.0, 0.0, 0.0], [0.0, 4.2, 0.0], [0.3, 0.0, -4.5]],
+                        [[4.0, 0.0, 0.0], [0.0, 4.2, 0.0], [0.3, 0.0, 4.5]]], dtype=torch.float64)
+    frac = torch.tensor([[0.1, 0.2, 0.3], [0.6, 0.7, 0.8], [0.1, 0.2, 0.3], [0.6, 0.7, 0.8]], dtype=torch.float64)
+    left, right = to_structures(torch.tensor([11, 17, 11, 17]), frac, lat, torch.tensor([2, 2]))
+    assert left.lattice.volume > 0 and np.linalg.det(left.lattice.matrix) > 0
+    assert np.linalg.det(right.lattice.matrix) > 0
+    cart_in = frac[:2].numpy() @ lat[0].numpy()
+    # the same points in space, up to a lattice translation
+    d = np.linalg.solve(left.lattice.matrix.T, (left.cart_coords - cart_in).T).T
+    assert np.allclose(d, np.round(d), atol=1e-9)
+    assert np.allclose(right.cart_coords, frac[2:].numpy() @ lat[1].numpy())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from qadb.errors import InputError
@@ -64,12 +65,19 @@ def sampler_defaults(gen: LoadedGenerator, steps: int | None = None, step_lr: fl
 
 
 def to_structures(z, frac, lattice_rows, num_atoms) -> list:
+    """Pymatgen structures from sampled tensors, always on a right-handed cell.
+
+    The denoiser sees the lattice only through LᵀL, so about half the sampled cells come out left-handed
+    (det L < 0). That is the same crystal, but MLIP stresses divided by the signed volume (CHGNet) then point the
+    wrong way, so the cell is flipped here: L → −L with F → −F keeps every Cartesian position."""
     from pymatgen.core import Lattice, Structure
 
     out, k = [], 0
     for i, n in enumerate(num_atoms.tolist()):
-        out.append(Structure(Lattice(lattice_rows[i].double().numpy()), z[k:k + n].tolist(),
-                             frac[k:k + n].double().numpy(), coords_are_cartesian=False))
+        lat, f = lattice_rows[i].double().numpy(), frac[k:k + n].double().numpy()
+        if np.linalg.det(lat) < 0:
+            lat, f = -lat, (-f) % 1.0
+        out.append(Structure(Lattice(lat), z[k:k + n].tolist(), f, coords_are_cartesian=False))
         k += n
     return out
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from qadb.models.generator.checkpoint import load_checkpoint
+from qadb.models.generator.conditions import ALIASES
 from qadb.models.generator.sampler import sample_tensors
 
 
@@ -56,7 +57,9 @@ def sweep(ckpt, data, out, n=1000, device=None, seed=0):
 
 def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed=0, device=None,
         cfg_targets=(0.45, 0.75), step_lr_csp=1e-5, step_lr_gen=1e-5, csp_k_n=0, csp_k=20,
-        corrector=True, type_noise=1.0):
+        corrector=True, type_noise=1.0, cond=(), cond_guidance=1.0):
+    """`cond`: ("name=value", ...) each sampled `gen_n` times under CFG with `cond_guidance` (tag ``cond_<name>``),
+    to compare with the unconditioned ``gen`` samples of the same size (cfg_shift_<name>)."""
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dev == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -127,7 +130,15 @@ def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed
         for k, c in enumerate(cfg_targets):
             gen(cfg_n, props={"compactness": (c - mean) / scale}, guidance={"compactness": 1.0}, tag=f"cfgc{k}",
                 sd=seed + 2 + k)
-    res["meta_json"] = np.array(json.dumps({"timing": timing, "steps": steps, "corrector": corrector,
+    conds = {}
+    for k, spec in enumerate(cond):
+        name, value = spec.split("=")
+        prop = ALIASES.get(name, name)
+        mean, scale = g.prop_norm[prop]
+        gen(gen_n, props={prop: (float(value) - mean) / scale}, guidance={prop: cond_guidance}, tag=f"cond_{prop}",
+            sd=seed + 10 + k)
+        conds[prop] = float(value)
+    res["meta_json"] = np.array(json.dumps({"timing": timing, "cond": conds, "cond_guidance": cond_guidance, "steps": steps, "corrector": corrector,
                                             "type_noise": type_noise,
                                             "step_lr": [step_lr_csp, step_lr_gen], "ckpt_meta": g.meta,
                                             "cfg_targets": list(cfg_targets), "device": str(
@@ -153,6 +164,8 @@ def main(argv=None):
     ap.add_argument("--csp-k", type=int, default=20)
     ap.add_argument("--corrector", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--type-noise", type=float, default=1.0, help="ab initio: scale of the reverse type noise")
+    ap.add_argument("--cond", nargs="*", default=[], help="NAME=VALUE conditions, each sampled --gen-n times")
+    ap.add_argument("--cond-guidance", type=float, default=1.0)
     ap.add_argument("--sweep", type=int, default=0, help="only the sampler sweep on the first N test compositions")
     a = ap.parse_args(argv)
     if a.sweep:
@@ -160,7 +173,7 @@ def main(argv=None):
         return
     print(run(a.ckpt, a.data, a.out, a.csp_n, a.gen_n, a.cfg_n, a.steps, a.chunk, a.seed, a.device,
               step_lr_csp=a.step_lr, step_lr_gen=a.step_lr, csp_k_n=a.csp_k_n, csp_k=a.csp_k, corrector=a.corrector,
-              type_noise=a.type_noise))
+              type_noise=a.type_noise, cond=a.cond, cond_guidance=a.cond_guidance))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,10 @@ across sources (same material id) are kept once (first source wins).
 Usage::
 
     python -m qadb.models.generator.prepare --out .gen_scratch/gen_data.pt [--limit N] [--workers 2]
+    python -m qadb.models.generator.prepare --fill-mled .gen_scratch/gen_data.pt --out .gen_scratch/gen_data_mled.pt
+
+``--fill-mled`` adds PIGEN's M_LED (``qadb.chem.mled``, exact) to the ``mled`` property column of the training
+crystals of an existing tensor file (the held-out test set needs none), so that CFG on M_LED can be trained without re-parsing the sources.
 """
 
 from __future__ import annotations
@@ -132,6 +136,47 @@ def pack(records, radii):
                 source=[r["source"] for r in records], formula=[r["formula"] for r in records])
 
 
+def _mled_one(args) -> float:
+    from pymatgen.core import Lattice, Structure
+
+    from qadb.chem import mled
+
+    types, frac, lattice = args
+    try:
+        return mled(Structure(Lattice(lattice), types.tolist(), frac)).value
+    except Exception:  # a cell M_LED cannot describe stays unlabelled (NaN), as in the source data
+        return float("nan")
+
+
+def _split_rows(d: dict):
+    ptr = np.concatenate([[0], np.cumsum(d["num_atoms"].numpy().astype(np.int64))])
+    types, frac, lattice = d["types"].numpy().astype(int), d["frac"].numpy().astype(float), d["lattice"].numpy()
+    for i in range(len(ptr) - 1):
+        yield types[ptr[i]:ptr[i + 1]], frac[ptr[i]:ptr[i + 1]], lattice[i].astype(float)
+
+
+def fill_mled(src: str, out: str, workers: int = 2) -> dict:
+    """Copy of the tensor file `src` with the ``mled`` column computed for every training crystal."""
+    blob = torch.load(src, map_location="cpu", weights_only=True)
+    j = PROPS.index("mled")
+    t0 = time.time()
+    coverage = {}
+    for split in ("train",):
+        d = blob[split]
+        with ProcessPoolExecutor(workers) as pool:
+            values = list(pool.map(_mled_one, _split_rows(d), chunksize=64))
+        d["props"][:, j] = torch.tensor(values, dtype=torch.float32)
+        coverage[split] = int(np.isfinite(values).sum())
+        print(f"{split}: M_LED for {coverage[split]} of {len(values)} crystals, {time.time() - t0:.0f}s", flush=True)
+    meta = json.loads(blob["meta_json"])
+    meta.update(train_hash=tensor_hash(blob["train"]), mled_coverage=coverage,
+                mled_filled_from=meta.get("train_hash"))
+    meta["prop_coverage_train"]["mled"] = coverage["train"]
+    blob["meta_json"] = json.dumps(meta)
+    torch.save(blob, out)
+    return meta
+
+
 def tensor_hash(d: dict) -> str:
     h = hashlib.sha256()
     for k in ("num_atoms", "types", "frac", "lattice", "props"):
@@ -144,7 +189,12 @@ def main(argv=None):
     ap.add_argument("--out", default=".gen_scratch/gen_data.pt")
     ap.add_argument("--limit", type=int, default=0, help="rows per source (debug)")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--fill-mled", metavar="SRC", help="add M_LED to an existing tensor file SRC and write --out")
     a = ap.parse_args(argv)
+    if a.fill_mled:
+        meta = fill_mled(a.fill_mled, a.out, a.workers)
+        print(json.dumps({k: meta[k] for k in ("train_hash", "mled_coverage")}))
+        return
     t0 = time.time()
     root = data_root()
     radii = atomic_radii()
