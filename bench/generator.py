@@ -84,7 +84,13 @@ def cfg_shift(cond: np.ndarray, uncond: np.ndarray, n_boot: int = 2000, seed: in
     rng = np.random.default_rng(seed)
     boots = [rng.choice(cond, len(cond)).mean() - rng.choice(uncond, len(uncond)).mean() for _ in range(n_boot)]
     lo, hi = np.percentile(boots, [2.5, 97.5])
+    # the mean is what the issue defines; a few collapsed cells (C >> 1) make it noisy, so the median shift too
+    mboots = [np.median(rng.choice(cond, len(cond))) - np.median(rng.choice(uncond, len(uncond))) for _ in range(n_boot)]
+    mlo, mhi = np.percentile(mboots, [2.5, 97.5])
     return {"shift": round(float(cond.mean() - uncond.mean()), 4), "ci": [round(float(lo), 4), round(float(hi), 4)],
+            "median_shift": round(float(np.median(cond) - np.median(uncond)), 4),
+            "median_ci": [round(float(mlo), 4), round(float(mhi), 4)],
+            "cond_median": round(float(np.median(cond)), 4), "uncond_median": round(float(np.median(uncond)), 4),
             "cond_mean": round(float(cond.mean()), 4), "uncond_mean": round(float(uncond.mean()), 4),
             "cond_std": round(float(cond.std()), 4), "uncond_std": round(float(uncond.std()), 4),
             "n_cond": int(len(cond)), "n_uncond": int(len(uncond))}
