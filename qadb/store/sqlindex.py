@@ -33,7 +33,7 @@ from typing import Any, Iterable
 import bson
 from bson.raw_bson import RawBSONDocument
 
-VERSION = 1
+VERSION = 2  # 2: triggers that cannot fail on a key already queued (stores at 1 get them replaced)
 _CHUNK = 500
 
 _STRUCT_COLUMNS = ("id", "chemsys", "formula_pretty", "nsites", "spacegroup", "origin_kind", "origin_dataset", "campaign")
@@ -67,11 +67,13 @@ _SCHEMA = {
 
 _COMMON = [
     "CREATE TABLE IF NOT EXISTS qx_pending(k TEXT PRIMARY KEY) WITHOUT ROWID",
-    # an upsert of an existing key fires the UPDATE trigger, a fresh key the INSERT one
+    # an upsert of an existing key fires the UPDATE trigger, a fresh key the INSERT one. Not "INSERT OR IGNORE":
+    # SQLite lets the firing statement's conflict policy override the trigger's, and the engine's upsert
+    # (INSERT ... ON CONFLICT DO UPDATE) then made a second write of a queued key fail on qx_pending's key
     "CREATE TRIGGER IF NOT EXISTS qx_on_insert AFTER INSERT ON documents "
-    "BEGIN INSERT OR IGNORE INTO qx_pending(k) VALUES (new._id); END",
+    "BEGIN INSERT INTO qx_pending(k) SELECT new._id WHERE NOT EXISTS (SELECT 1 FROM qx_pending WHERE k = new._id); END",
     "CREATE TRIGGER IF NOT EXISTS qx_on_update AFTER UPDATE ON documents "
-    "BEGIN INSERT OR IGNORE INTO qx_pending(k) VALUES (new._id); "
+    "BEGIN INSERT INTO qx_pending(k) SELECT new._id WHERE NOT EXISTS (SELECT 1 FROM qx_pending WHERE k = new._id); "
     "DELETE FROM qx_row WHERE k = old._id AND old._id != new._id; END",
     "CREATE TRIGGER IF NOT EXISTS qx_on_delete AFTER DELETE ON documents "
     "BEGIN DELETE FROM qx_row WHERE k = old._id; DELETE FROM qx_pending WHERE k = old._id; {elem} END",
@@ -105,6 +107,8 @@ def install(table: Any) -> None:
         return
     conn = table._connection
     with table._rwlock.writer(), conn:
+        for name in ("qx_on_insert", "qx_on_update", "qx_on_delete"):  # an older version's triggers
+            conn.execute(f"DROP TRIGGER IF EXISTS {name}")  # nosec - fixed names
         for stmt in _schema(kind):
             conn.execute(stmt)
         conn.execute("INSERT OR IGNORE INTO qx_pending(k) SELECT _id FROM documents")  # nosec

@@ -175,6 +175,25 @@ def test_index_follows_writes_that_bypass_the_bulk_writer(embedded_uri):
         s.close()
 
 
+def test_repeated_upserts_of_a_queued_document_do_not_fail(embedded_uri):
+    """The engine writes with an upsert (INSERT ... ON CONFLICT DO UPDATE); writing the same document
+    twice before any query indexes the queue used to fail on the queue's key ("UNIQUE constraint
+    failed: qx_pending.k": seen in `qadb describe` and in an ingest)."""
+    s = connect(embedded_uri)
+    try:
+        _populate(s)
+        if not _indexed(s):
+            pytest.skip("not the embedded store")
+        coll = StructureDoc._get_collection()
+        target = find(Query(chemsys="Li-O"))[0]["material_id"]
+        for n in (41, 42, 43):  # no query in between: the key stays queued
+            coll.update_one({"_id": target}, {"$set": {"nsites": n}})
+        assert [d["material_id"] for d in find(Query(nsites=(43, 43)))] == [target]
+        assert find(Query(nsites=(41, 42))) == []
+    finally:
+        s.close()
+
+
 def test_store_made_before_the_indexes_is_indexed_on_first_use(embedded_uri):
     s = connect(embedded_uri)
     try:
