@@ -104,3 +104,23 @@ def shared_data():
     if not SHARED_DATA.exists():
         pytest.skip(f"staged datasets not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+def mongomock_launchpad(monkeypatch, db: str):
+    """A FireWorks LaunchPad on in-process mongomock (no server here can host FireWorks' documents)."""
+    import fireworks.core.launchpad as lpmod
+    import gridfs.synchronous.grid_file as grid_file
+    import mongomock
+    from mongomock.collection import Collection
+    from mongomock.database import Database
+
+    from qadb.workflows import fireworks as fw
+
+    def widened(current, extra):
+        return (*(current if isinstance(current, tuple) else (current,)), extra)
+
+    # FireWorks opens a GridFS on its database: let gridfs accept mongomock's classes too
+    monkeypatch.setattr(grid_file, "Database", widened(grid_file.Database, Database))
+    monkeypatch.setattr(grid_file, "Collection", widened(grid_file.Collection, Collection))
+    monkeypatch.setattr(lpmod, "MongoClient", mongomock.MongoClient)
+    return fw.launchpad(f"mongodb://localhost/{db}")

@@ -31,7 +31,7 @@ from qadb.store import connect
 from qadb.store.documents import Activity, StructureDoc
 from qadb.workflows import fireworks as fw
 from qadb.workflows.persist import store_structure
-from tests.conftest import EXTERNAL_URI
+from tests.conftest import EXTERNAL_URI, mongomock_launchpad
 
 RECIPE = {"name": "fw-test", "kind": "qa_genai", "seed": 5, "budget": 4, "max_cycles": 2, "patience": 5,
           "candidates": {"source": "generator", "n": 4}, "predict": {"validator": "mfennp"},
@@ -99,19 +99,7 @@ def lp(monkeypatch):
     if EXTERNAL_URI:
         pad = fw.launchpad(EXTERNAL_URI.split("?")[0].rsplit("/", 1)[0] + "/qadb_campaign_fw_test")
     else:
-        import fireworks.core.launchpad as lpmod
-        import gridfs.synchronous.grid_file as grid_file
-        import mongomock
-        from mongomock.collection import Collection
-        from mongomock.database import Database
-
-        def widened(current, extra):
-            return (*(current if isinstance(current, tuple) else (current,)), extra)
-
-        monkeypatch.setattr(grid_file, "Database", widened(grid_file.Database, Database))
-        monkeypatch.setattr(grid_file, "Collection", widened(grid_file.Collection, Collection))
-        monkeypatch.setattr(lpmod, "MongoClient", mongomock.MongoClient)
-        pad = fw.launchpad("mongodb://localhost/qadb_campaign_fw_test")
+        pad = mongomock_launchpad(monkeypatch, "qadb_campaign_fw_test")
     yield pad
     for name in ("fireworks", "launches", "workflows", "fw_id_assigner", "offline_runs"):
         pad.db.drop_collection(name)

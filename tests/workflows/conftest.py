@@ -18,7 +18,7 @@ from pymatgen.io.ase import AseAtomsAdaptor
 from qadb.store import ingest_records
 from qadb.store.documents import ALL_DOCUMENTS
 from qadb.store.readers import RawLabel, RawRecord
-from tests.conftest import EXTERNAL_URI
+from tests.conftest import EXTERNAL_URI, mongomock_launchpad
 
 
 @pytest.fixture(autouse=True)
@@ -78,20 +78,7 @@ def launchpad(store, monkeypatch, tmp_path):
     if EXTERNAL_URI:
         lp = fw.launchpad(store.uri)
     else:
-        import fireworks.core.launchpad as lpmod
-        import gridfs.synchronous.grid_file as grid_file
-        import mongomock
-        from mongomock.collection import Collection
-        from mongomock.database import Database
-
-        def widened(current, extra):
-            return (*(current if isinstance(current, tuple) else (current,)), extra)
-
-        # FireWorks opens a GridFS on its database: let gridfs accept mongomock's classes too
-        monkeypatch.setattr(grid_file, "Database", widened(grid_file.Database, Database))
-        monkeypatch.setattr(grid_file, "Collection", widened(grid_file.Collection, Collection))
-        monkeypatch.setattr(lpmod, "MongoClient", mongomock.MongoClient)
-        lp = fw.launchpad("mongodb://localhost/qadb_fireworks_test")
+        lp = mongomock_launchpad(monkeypatch, "qadb_fireworks_test")
     yield lp
     for name in ("fireworks", "launches", "workflows", "fw_id_assigner", "offline_runs"):
         lp.db.drop_collection(name)
