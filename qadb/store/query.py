@@ -157,9 +157,7 @@ def _find_indexed(q: Query, sfilter: dict, lfilter: dict, label_filter: dict, wi
         if key in sfilter:
             where.append(f"s.{col} = ?")
             params.append(sfilter[key])
-    for op, bound in (sfilter.get("nsites") or {}).items():
-        where.append(f"s.nsites {'>=' if op == '$gte' else '<='} ?")
-        params.append(bound)
+    _range_sql("s.nsites", sfilter.get("nsites"), where, params)
     source, head = "qx_row s", []
     elements = sorted(set(q.elements))
     if elements:
@@ -224,15 +222,20 @@ def _find_indexed(q: Query, sfilter: dict, lfilter: dict, label_filter: dict, wi
     return docs
 
 
+def _range_sql(column: str, spec: dict | None, where: list[str], params: list) -> None:
+    """Append a {"$gte": lo, "$lte": hi} filter on `column` as SQL bounds."""
+    for op, bound in (spec or {}).items():
+        where.append(f"{column} {'>=' if op == '$gte' else '<='} ?")
+        params.append(bound)
+
+
 def _label_sql(lfilter: dict) -> tuple[str, list]:
     where, params = ["1"], []
     for key in ("property", "fidelity", "chemsys"):
         if key in lfilter:
             where.append(f"{key} = ?")
             params.append(lfilter[key])
-    for op, bound in (lfilter.get("value") or {}).items():
-        where.append(f"value {'>=' if op == '$gte' else '<='} ?")
-        params.append(bound)
+    _range_sql("value", lfilter.get("value"), where, params)
     return " AND ".join(where), params
 
 
