@@ -8,16 +8,17 @@ Every id is derived from content (structure hash, label inputs, ingest inputs), 
 ingest, or finishing one that crashed half-way, adds nothing twice.
 
 Deduplication follows seed 000 Algorithm 3: records are grouped by reduced formula and clustered
-by spglib symmetry at 0.1 Å (space group and occupied Wyckoff sites: the `dedupe_key`); within a
+by symmetry at 0.1 Å (moyopy's space group and the orbit sizes of each element: the `dedupe_key`,
+which no origin or axis choice changes); within a
 cluster a StructureMatcher fit confirms a duplicate, whose lattice is cross-checked (Δa/a > 5 %
 means "not the same entry": kept apart and flagged; beyond 15 % no fit is attempted). The
 representative is chosen experimental first, then lowest formation energy, then first seen.
 Lookups go through primary keys and indexed equalities (aliases, `dedupe_key`), so cost grows with
 the size of a symmetry cluster, not with the size of the store.
 
-Where the time goes (docs/store.md has the measurements): spglib dominates (its symmetry search
-costs 10-50 ms for a cubic cell, whatever the tolerance), so it runs once per distinct structure,
-in worker processes; each distinct text is parsed once; StructureMatcher fits run per cluster in
+Where the time goes (docs/store.md has the measurements): the symmetry search runs once per
+distinct structure, in worker processes (moyopy: 0.6 ms a cell, where spglib took 10-50 ms for a
+cubic one); each distinct text is parsed once; StructureMatcher fits run per cluster in
 workers, on cells reduced once, behind a lattice test that rules out half the failing fits
 exactly (`_cannot_map`); documents are built as plain dicts and written in one transaction per
 collection.
@@ -44,7 +45,8 @@ from qadb.errors import InputError
 from qadb.store import properties, sqlindex
 from qadb.store.connection import Store, insert_new
 from qadb.store.documents import Activity, AliasDoc, LabelDoc, Member, Origin, Ref, StructureDoc, utcnow
-from qadb.store.identity import Cell, Identity, SpglibCell, analyse_cell, analyse_structure, content_hash, symmetry
+from qadb.store.identity import Cell, Identity, SymmetryCell, analyse_cell, analyse_structure, content_hash, symmetry
+from qadb.store.migrate import ensure_dedupe_keys
 from qadb.store.readers import RawLabel, RawRecord, read_structure
 
 LATTICE_TOL = 0.05  # Algorithm 3: Δa/a above this is a different entry
@@ -89,7 +91,7 @@ def _normalise_label(label: RawLabel) -> RawLabel:
     return label
 
 
-def _read_and_check(fmt: str, payload: str | dict) -> tuple[Identity, SpglibCell] | str:
+def _read_and_check(fmt: str, payload: str | dict) -> tuple[Identity, SymmetryCell] | str:
     """Phase one (in a worker): one distinct payload read, checked and keyed, symmetry left for later;
     the problem as text when it is bad."""
     with warnings.catch_warnings():
@@ -152,9 +154,9 @@ def analyse_all(records: list[RawRecord], workers: int | None = None,
                 progress: Callable[[str, int, int], None] | None = None) -> list[Analysed]:
     """Parse and analyse records, in worker processes when there are many.
 
-    Each distinct text is read once, and spglib runs once per distinct structure (struct hash):
+    Each distinct text is read once, and symmetry runs once per distinct structure (struct hash):
     an exact repeat, common where datasets overlap, shares its first occurrence's symmetry
-    (the space group agreed for all 5,193 such repeats in the staged data).
+    (under spglib the space group agreed for all 5,193 such repeats in the staged data).
     """
     first: dict[str, int] = {}
     unique: list[RawRecord] = []
@@ -173,7 +175,7 @@ def analyse_all(records: list[RawRecord], workers: int | None = None,
             checked.append(res)
             if progress and len(checked) % 200 == 0:
                 progress("parse", len(checked), len(unique))
-        todo: dict[str, SpglibCell] = {}
+        todo: dict[str, SymmetryCell] = {}
         for res in checked:
             if not isinstance(res, str):
                 todo.setdefault(res[0].struct_hash, res[1])
@@ -190,7 +192,7 @@ def analyse_all(records: list[RawRecord], workers: int | None = None,
             idents.append(res)
         else:
             ident = res[0]
-            ident.spacegroup, ident.spacegroup_symbol, ident.wyckoff = found[ident.struct_hash]
+            ident.spacegroup, ident.spacegroup_symbol, ident.orbits = found[ident.struct_hash]
             idents.append(ident)
     out = []
     for rec, i in zip(records, slot):
@@ -737,6 +739,7 @@ def _ingest(store: Store, records: list[RawRecord], strict: bool, workers: int |
         "sources": [(a.record.source, a.record.source_id) for a in analysed],
     })[:20]
     good = [a for a in analysed if not a.error]
+    ensure_dedupe_keys(store.db, progress)  # a store from an older qadb: its keys first follow today's rule
     planner.prefetch("h:" + a.identity.struct_hash for a in good if a.identity)
     planner.prefetch_clusters(a.identity.dedupe_key for a in good if a.identity)
     planner.report.records = total

@@ -143,3 +143,27 @@ def test_crash_between_writes_is_finished_by_rerun(store):
     LabelDoc.objects.delete()  # what an interrupted run leaves: structure stored, label not
     report = ingest_records(store, [_rec(rocksalt(), "a", [RawLabel("band_gap", 5.0, "eV", "PBE", code="VASP")])])
     assert report.new_structures == 0 and report.new_labels == 1 and _counts() == (1, 1)
+
+
+def test_two_origins_of_one_perovskite_are_merged(store):
+    """Pm-3m with Sr on 1a or on 1b: Wyckoff letters differ, the crystal does not (a pair the old key missed)."""
+    from tests.store.test_symmetry import _perovskite
+
+    report = ingest_records(store, [_rec(_perovskite(), "a"), _rec(_perovskite(0.5), "b")])
+    assert report.new_structures == 1 and report.merged == 1
+    assert sorted(StructureDoc.objects.get().source_ids) == ["a", "b"]
+
+
+def test_store_with_old_dedupe_keys_is_migrated_before_dedupe(store):
+    """A store written under the Wyckoff-letter rule: its keys are recomputed, so a new setting still merges."""
+    from qadb.store.migrate import DEDUPE_SCHEME, META, stored_scheme
+
+    ingest_records(store, [_rec(rocksalt(), "a")])
+    assert stored_scheme(store.db) == DEDUPE_SCHEME
+    coll = StructureDoc._get_collection()
+    coll.update_many({}, {"$set": {"dedupe_key": "NaCl|225|Cl:b1,Na:a1"}})  # what the old rule wrote
+    store.db[META].delete_many({})
+    report = ingest_records(store, [_rec(rocksalt(conventional=True), "b")])
+    assert report.new_structures == 0 and report.merged == 1
+    assert coll.find_one({})["dedupe_key"] == "NaCl|225|Cl:1,Na:1"
+    assert stored_scheme(store.db) == DEDUPE_SCHEME
