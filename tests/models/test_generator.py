@@ -199,6 +199,32 @@ def test_sampler_n_corrector_and_defaults(sched):
     assert sampler_defaults(LoadedGenerator(model=model, schedules=sched))["steps"] == sched.T
 
 
+def test_ab_initio_types_stay_within_the_training_elements(sched):
+    """An untrained random model emits any of the 100 types; with `elements` only those (Cf and its like, which no
+    MLIP takes, came out of the inverse campaign's samples before this)."""
+    from qadb.models.generator.sampler import sample_tensors
+
+    model = CrystalDenoiser(hidden=16, layers=1, n_freq=2).eval()
+    na = torch.tensor([4, 5, 6, 3])
+    free, _, _ = sample_tensors(model, sched, na, None, steps=5, seed=2)
+    assert not set(free.tolist()) <= {8, 14, 26}  # the check below could fail
+    kept, _, _ = sample_tensors(model, sched, na, None, steps=5, seed=2, elements=torch.tensor([8, 14, 26]))
+    assert set(kept.tolist()) <= {8, 14, 26}
+    chem = torch.zeros(4, 100)
+    chem[:, [2, 7]] = 1.0  # Li-O: an explicit chemical system wins over the element list
+    z, _, _ = sample_tensors(model, sched, na, None, steps=5, seed=2, chemsys=chem, elements=torch.tensor([14]))
+    assert set(z.tolist()) <= {3, 8}
+
+
+def test_default_checkpoint_knows_its_training_elements():
+    from qadb.models.generator import DEFAULT_CHECKPOINT, load_checkpoint
+
+    if not DEFAULT_CHECKPOINT.exists():
+        pytest.skip("default checkpoint not present")
+    elements = set(load_checkpoint(DEFAULT_CHECKPOINT).elements.tolist())
+    assert {1, 3, 8, 26, 94} <= elements and not elements & {18, 96, 97, 98, 99, 100}  # Ar and Cm-Fm: none in training
+
+
 def _qadb(*args, env_home):
     import os
     import subprocess

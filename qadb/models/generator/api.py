@@ -170,7 +170,7 @@ def _sample_batches(gen, n, na, types, zs, props, g, cs, guidance, steps, step_l
                                    chemsys=None if cs is None else cs[sl],
                                    chemsys_guidance=float((guidance or {}).get("chemsys", 1.0)), steps=steps,
                                    step_lr=step_lr, corrector=corrector, type_noise=type_noise, seed=seed + i,
-                                   device=device)
+                                   device=device, elements=gen.elements)
         zs_all.append(z), fr_all.append(f), la_all.append(lat), na_all.append(na_b)
     return torch.cat(zs_all), torch.cat(fr_all), torch.cat(la_all), torch.cat(na_all)
 

@@ -32,6 +32,7 @@ class LoadedGenerator:
     prop_norm: dict = field(default_factory=dict)
     path: str = ""
     sampler: dict = field(default_factory=dict)  # default sampler settings: steps, step_lr, corrector
+    elements: torch.Tensor | None = None  # atomic numbers of the training crystals: what ab initio decoding may emit
 
     def to(self, device):
         self.model.to(device)
@@ -73,15 +74,20 @@ def load_checkpoint(path, device: str = "cpu") -> LoadedGenerator:
     model.eval()
     g = LoadedGenerator(model=model, schedules=sched, meta=meta, radii=obj.get("radii"),
                         num_atoms_hist=obj.get("num_atoms_hist"), prop_norm=prop_norm, path=str(path),
-                        sampler=sampler)
+                        sampler=sampler, elements=obj.get("elements"))
     return g.to(device)
 
 
 def make_checkpoint(model_config: dict, diffusion_config: dict, state_dict: dict, radii, num_atoms_hist,
-                    prop_norm: dict, meta: dict, dtype: str = "float32", sampler: dict | None = None) -> dict:
+                    prop_norm: dict, meta: dict, dtype: str = "float32", sampler: dict | None = None,
+                    elements=None) -> dict:
     """An inference checkpoint; ``sampler`` holds the default sampler settings (steps, step_lr, corrector) that
-    `qadb sample` and `api.sample` use when the caller gives none."""
-    return {"sampler_json": json.dumps(sampler or {}), "kind": KIND, "format_version": FORMAT_VERSION,
+    `qadb sample` and `api.sample` use when the caller gives none; ``elements`` (atomic numbers of the training
+    crystals) keeps ab initio samples to elements the model has seen (an untrained type such as Cf, which no
+    MLIP takes, can otherwise win the final argmax)."""
+    extra = {} if elements is None else {"elements": torch.as_tensor(sorted(set(int(z) for z in elements)),
+                                                                     dtype=torch.long)}
+    return {**extra, "sampler_json": json.dumps(sampler or {}), "kind": KIND, "format_version": FORMAT_VERSION,
             "model_config": dict(model_config),
             "diffusion_config": dict(diffusion_config),
             "state_dict": {k: v.detach().to(getattr(torch, dtype)).cpu().clone() for k, v in state_dict.items()},

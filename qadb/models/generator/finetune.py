@@ -103,7 +103,9 @@ def finetune(parent: str | Path, out: str | Path, new: dict, replay: dict | None
                          "loss_last": round(float(np.mean(losses[-5:])), 4)}}
     sampler = json.loads(raw.get("sampler_json", "{}"))
     ck = make_checkpoint(raw["model_config"], raw["diffusion_config"], model.state_dict(), raw["radii"],
-                         raw["num_atoms_hist"], json.loads(raw.get("prop_norm_json", "{}")), meta, sampler=sampler)
+                         raw["num_atoms_hist"], json.loads(raw.get("prop_norm_json", "{}")), meta, sampler=sampler,
+                         elements=None if raw.get("elements") is None else
+                         torch.cat([raw["elements"], new["types"].long()]).tolist())
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")

@@ -115,7 +115,7 @@ def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed
         t0 = time.time()
         z, f, lat = sample_tensors(g.model, g.schedules, na, None, props=props, guidance=guidance, steps=steps,
                                    step_lr=step_lr_gen, corrector=corrector, type_noise=type_noise, seed=sd,
-                                   device=dev)
+                                   device=dev, elements=g.elements)
         _sync()
         timing[f"{tag}_s"] = round(time.time() - t0, 2)
         res.update({f"{tag}_z": z.numpy().astype(np.int16), f"{tag}_frac": f.numpy(), f"{tag}_lattice": lat.numpy(),

@@ -28,13 +28,14 @@ def sample_tensors(model, sched, num_atoms: torch.Tensor, types: torch.Tensor | 
                    props: dict | None = None, guidance: dict | None = None, chemsys: torch.Tensor | None = None,
                    chemsys_guidance: float = 0.0, steps: int | None = None, step_lr: float = 1e-5,
                    corrector: bool = True, n_corrector: int = 1, type_noise: float = 1.0, seed: int = 0,
-                   device: str = "cpu"):
+                   device: str = "cpu", elements: torch.Tensor | None = None):
     """Sample B crystals.
 
     num_atoms: [B] long. types: [Na] atomic numbers (structure prediction) or None (ab initio).
     props: {name: normalised value} (applies to all B) or {name: [B] tensor}. guidance: {name: g}.
     chemsys: [B, N_TYPES] multi-hot (ab initio only). type_noise scales the noise of the reverse type steps
-    (1 = the DDPM posterior; below 1 samples the types at a lower temperature).
+    (1 = the DDPM posterior; below 1 samples the types at a lower temperature). elements: atomic numbers the
+    final type decoding may choose when no chemsys is given (the checkpoint's training elements; None: any).
     Returns (Z [Na], frac [Na,3], lattice rows [B,3,3] Å).
     """
     dev = torch.device(device)
@@ -58,6 +59,10 @@ def sample_tensors(model, sched, num_atoms: torch.Tensor, types: torch.Tensor | 
     if chemsys is not None:
         chemsys = chemsys.to(dev).float()
         allowed = chemsys[crystal] > 0
+    elif elements is not None and not csp:
+        known = torch.zeros(N_TYPES, dtype=torch.bool, device=dev)
+        known[elements.to(dev).long() - 1] = True
+        allowed = known.expand(Na, N_TYPES)
 
     # guidance branches: 0 = unconditional; then one per guided property; then chemsys
     props = props or {}

@@ -314,7 +314,8 @@ def train(data: str, state: str, ckpt: str | None = None, log: str | None = None
         ck = make_checkpoint(mcfg, dcfg, ema.state_dict(), radii, num_atoms_hist(tr_all["num_atoms"]),
                              {k: list(v) for k, v in PROP_NORM.items()},
                              {"step": step, "data_hash": meta["train_hash"], "config": cfg, "val_loss_ema": vl,
-                              "n_train": len(tr_idx), "run": record["run"]}, dtype=ckpt_dtype)
+                              "n_train": len(tr_idx), "run": record["run"]}, dtype=ckpt_dtype,
+                             elements=torch.unique(tr_all["types"]).tolist())
         torch.save(ck, ckpt)
     if log:
         with open(log, "a") as fh:
@@ -351,16 +352,25 @@ def probe_throughput(data: str, sizes=(256, 1024, 2048), steps: int = 25, device
     return res
 
 
-def export_checkpoint(state: str, ckpt: str, dtype: str = "float32", sampler: dict | None = None) -> dict:
+def training_elements(data: str) -> list[int]:
+    """Atomic numbers present in the training crystals of a tensor file."""
+    blob = torch.load(data, map_location="cpu", weights_only=True)
+    return torch.unique(blob["train"]["types"]).tolist()
+
+
+def export_checkpoint(state: str, ckpt: str, dtype: str = "float32", sampler: dict | None = None,
+                      data: str | None = None) -> dict:
     """Write the inference checkpoint (EMA weights + config) from a train-state file; ``sampler`` sets the
-    checkpoint's default sampler settings (steps, step_lr, corrector)."""
+    checkpoint's default sampler settings (steps, step_lr, corrector); ``data`` (the training tensor file)
+    gives the elements ab initio sampling may emit."""
     st = read_raw(state, STATE_KIND)
     cfg = json.loads(st["config_json"])
     mcfg = dict(hidden=cfg["hidden"], layers=cfg["layers"], n_freq=cfg["n_freq"])
     dcfg = dict(T=cfg["T"], sigma_min=cfg["sigma_min"], sigma_max=cfg["sigma_max"])
     meta = json.loads(st["meta_json"])
     ck = make_checkpoint(mcfg, dcfg, st["ema"], st["radii"], st["num_atoms_hist"],
-                         {k: list(v) for k, v in PROP_NORM.items()}, meta, dtype=dtype, sampler=sampler)
+                         {k: list(v) for k, v in PROP_NORM.items()}, meta, dtype=dtype, sampler=sampler,
+                         elements=None if data is None else training_elements(data))
     torch.save(ck, ckpt)
     return meta
 
@@ -390,7 +400,7 @@ def main(argv=None):
         return
     if a.pop("export") is not None:
         print(export_checkpoint(*ap.parse_args(argv).export, dtype=a["ckpt_dtype"],
-                                sampler=json.loads(sampler) if sampler else None))
+                                sampler=json.loads(sampler) if sampler else None, data=a["data"]))
         return
     base = {k: a.pop(k) for k in ("data", "state", "ckpt", "log", "minutes", "max_steps", "seed", "device",
                                    "run_name", "ckpt_dtype")}
