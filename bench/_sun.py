@@ -5,8 +5,9 @@
    formation energy (PBE+U) is within `ref_window` eV/atom of that system's DFT hull, i.e. every phase that can
    define the MLIP hull there, plus every labelled elemental phase of those elements (every stored one where
    none is labelled) and ASE's reference crystal structure of each element (`ase.build.bulk`): the lowest MLIP
-   energy per element sets mu. Other structures without a formation-energy label (Carbon-24, Perov-5, FUSE
-   probes) are not relaxed; their number is reported.
+   energy per element sets mu. With `--unlabelled`, every stored structure of those systems that has no
+   formation-energy label (Carbon-24, Perov-5, FUSE probes, elastic-only MP entries such as SmF3) is relaxed
+   as a reference too; without it they are left out and their number is reported (E_hull then only a lower bound).
 2. `relax` (CPU or GPU, needs chgnet/ase/pymatgen only): every sample and every reference phase relaxed by the
    same MLIP with the same settings, in parallel processes; one JSON line per structure, so a run cut short by a
    time limit keeps what it finished and a second run skips it.
@@ -19,7 +20,7 @@
     qadb --store DIR ingest --dataset all --skip-bad            # the reference set: every staged structure
     python -m qadb.models.generator.gpu_eval --device cpu --ckpt qadb/data/checkpoints/generator_default.pt \
         --data .gen_scratch/gen_data.pt --gen-n 200 --steps 100 --no-corrector --type-noise 0.7 --out gen.npz
-    python bench/_sun.py prepare --npz gen.npz --n 100 --store DIR --ref-window 0.0 --out sun_in.json
+    python bench/_sun.py prepare --npz gen.npz --n 100 --store DIR --ref-window 0.0 --unlabelled --out sun_in.json
     python bench/_sun.py relax --inp sun_in.json --out sun_relaxed.jsonl --procs 2   # or --device cuda --procs 12
     python bench/_sun.py score --inp sun_in.json --relaxed sun_relaxed.jsonl --store DIR --out sun.json
     python bench/generator.py --sun sun.json --update                 # merge sun_rate into the bench JSON
@@ -52,7 +53,7 @@ def _subsystems(elements: list[str]) -> list[str]:
     return ["-".join(c) for k in range(1, len(els) + 1) for c in itertools.combinations(els, k)]
 
 
-def prepare(npz: str, n: int, store: str, out: str, ref_window: float = 0.1) -> dict:
+def prepare(npz: str, n: int, store: str, out: str, ref_window: float = 0.1, unlabelled: bool = False) -> dict:
     import numpy as np
 
     from bench.generator import _structs, struct_valid
@@ -88,6 +89,9 @@ def prepare(npz: str, n: int, store: str, out: str, ref_window: float = 0.1) -> 
     labelled_el = {d.chemsys for d in docs.values() if "-" not in d.chemsys and d.id in energy}
     elemental = {d.id for d in docs.values() if "-" not in d.chemsys and (d.id in energy or d.chemsys not in labelled_el)}
     refs |= elemental
+    no_label = {d.id for d in docs.values() if d.id not in energy}
+    if unlabelled:
+        refs |= no_label
     extra = {}
     for el in sorted({e for cs in systems for e in cs.split("-")}):
         try:
@@ -97,15 +101,17 @@ def prepare(npz: str, n: int, store: str, out: str, ref_window: float = 0.1) -> 
             extra[f"ase-{el}"] = AseAtomsAdaptor.get_structure(bulk(el)).as_dict()
         except Exception:  # noqa: BLE001 - molecular or complex ground states (Cl, S, Mn, ...) have none
             continue
-    unlabelled = sum(1 for d in docs.values() if d.id not in energy)
     payload = {
-        "npz": npz, "n": n, "ref_window_ev": ref_window, "dft_fidelity": DFT_FIDELITY,
+        "npz": npz, "n": n, "ref_window_ev": ref_window, "dft_fidelity": DFT_FIDELITY, "unlabelled_relaxed": unlabelled,
         "samples": [s.as_dict() if struct_valid(s) else None for s in samples],
-        "references": {i: docs[i].structure for i in sorted(refs)} | extra,
+        # relaxed in this order, so a run cut short by a time limit has the phases most likely to define a hull:
+        # labelled phases and ASE's elements, then unlabelled compounds, then unlabelled elemental phases (Carbon-24)
+        "references": {i: docs[i].structure for i in sorted(refs - no_label)} | extra
+                      | {i: docs[i].structure for i in sorted(refs & no_label, key=lambda i: ("-" not in docs[i].chemsys, i))},
         "reference_dft_ef": {i: energy[i] for i in sorted(refs) if i in energy},
         "elemental_phases": len(elemental), "ase_elemental_phases": sorted(extra),
         "store_structures": StructureDoc.objects.count(),
-        "subsystem_structures": len(docs), "subsystem_unlabelled": unlabelled, "systems": systems,
+        "subsystem_structures": len(docs), "subsystem_unlabelled": len(no_label), "systems": systems,
     }
     Path(out).write_text(json.dumps(payload))
     return {k: v for k, v in payload.items() if k not in ("samples", "references", "reference_dft_ef", "systems")} | {
@@ -146,7 +152,7 @@ def relax_all(inp: str, out: str, device: str = "cpu", procs: int = 2, fmax: flo
     todo = [t for t in todo if t[0] not in done]
     settings = {"model": "chgnet", "fmax": fmax, "steps": steps}
     t0 = time.time()
-    chunks = [todo[k::procs * 4] for k in range(procs * 4)]
+    chunks = [todo[k:k + 4] for k in range(0, len(todo), 4)]  # small and in order: a cut-short run keeps the first
     with ProcessPoolExecutor(procs) as pool:
         n = sum(len(rows) for rows in pool.map(_relax_chunk, [(c, device, settings, out) for c in chunks if c]))
     return {"relaxed_now": n, "skipped_done": len(done), "wall_s": round(time.time() - t0, 1), "settings": settings,
@@ -189,6 +195,8 @@ def score(inp: str, relaxed: str, store: str, out: str | None = None) -> dict:
         f = formation(ok[k])
         if f is not None:
             ref_entries.append(HullEntry.make(k, f[0], f[1]))
+    labelled = payload["reference_dft_ef"]
+    n_unlabelled = sum(1 for k in ref_keys if not k.startswith("r:ase-") and k[2:] not in labelled)
     n = payload["n"]
     structures, e_hull, status = {}, {}, {}
     for i, sdict in enumerate(payload["samples"]):
@@ -233,15 +241,22 @@ def score(inp: str, relaxed: str, store: str, out: str | None = None) -> dict:
         "sun_store_structures": payload["store_structures"],
         "sun_subsystem_structures": payload["subsystem_structures"],
         "sun_subsystem_unlabelled": payload["subsystem_unlabelled"],
+        "sun_unlabelled_relaxed": n_unlabelled,
+        "sun_references_not_relaxed": len(payload["references"]) - len(ref_keys),
         "sun_note": (f"first {n} ab initio samples of {payload['npz']}; CHGNet relaxation of samples and of the "
-                     f"{len(ref_keys)} reference phases within {payload['ref_window_ev']} eV/atom of the "
-                     f"{payload['dft_fidelity']} hull of every touched system; reference set = the "
-                     f"{payload['store_structures']} structures in the store"),
+                     f"{len(ref_keys)} reference phases: those within {payload['ref_window_ev']} eV/atom of the "
+                     f"{payload['dft_fidelity']} hull of every touched system, labelled elemental phases and ASE's "
+                     f"elemental crystals, and {n_unlabelled} of the {payload['subsystem_unlabelled']} stored "
+                     f"structures of those systems without a formation-energy label"
+                     + f"; reference set = the {payload['store_structures']} structures in the store"),
     }
     res["sun_caveat"] = ("each MLIP hull is built only from the store's phases of that system, and the store lacks many "
                          "known phases (MP-20-derived: few elemental ground states, sparse quaternary and higher "
                          "systems), so E_hull is a lower bound and the rate is higher than against a full reference "
                          "such as MatterGen's Alex-MP-ICSD; CHGNet energies, not DFT")
+    if n_unlabelled < payload["subsystem_unlabelled"]:
+        res["sun_caveat"] += (f"; {payload['subsystem_unlabelled'] - n_unlabelled} structures of the touched systems "
+                              "without a formation-energy label were not relaxed, which can only lower E_hull further")
     if out:
         Path(out).write_text(json.dumps(res, indent=1))
     return res
@@ -257,6 +272,8 @@ def main(argv=None) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--ref-window", type=float, default=0.1,
                    help="eV/atom above the DFT hull for a stored phase to be relaxed as a reference")
+    p.add_argument("--unlabelled", action="store_true",
+                   help="also relax every stored structure of the touched systems without a formation-energy label")
     r = sub.add_parser("relax")
     r.add_argument("--inp", required=True)
     r.add_argument("--out", required=True)
@@ -271,7 +288,7 @@ def main(argv=None) -> None:
     s.add_argument("--out")
     a = ap.parse_args(argv)
     if a.cmd == "prepare":
-        res = prepare(a.npz, a.n, a.store, a.out, a.ref_window)
+        res = prepare(a.npz, a.n, a.store, a.out, a.ref_window, a.unlabelled)
     elif a.cmd == "relax":
         res = relax_all(a.inp, a.out, a.device, a.procs, a.fmax, a.steps)
     else:
