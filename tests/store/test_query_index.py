@@ -111,6 +111,19 @@ def _indexed(store) -> bool:
     return table is not None and sqlindex.installed(table)
 
 
+@pytest.fixture
+def indexed_store(embedded_uri):
+    """The populated embedded store, whose queries are planned on the SQL indexes (skipped where they are not)."""
+    s = connect(embedded_uri)
+    try:
+        _populate(s)
+        if not _indexed(s):
+            pytest.skip("not the embedded store")
+        yield s
+    finally:
+        s.close()
+
+
 def test_results_match_the_filters_meaning_on_every_backend(store):
     _populate(store)
     assert StructureDoc.objects.count() >= 20
@@ -122,22 +135,15 @@ def test_results_match_the_filters_meaning_on_every_backend(store):
     assert nonempty >= len(QUERIES) - 3  # the queries exercise real matches, not empty sets
 
 
-def test_index_path_gives_the_engines_documents(embedded_uri):
-    s = connect(embedded_uri)
-    try:
-        _populate(s)
-        if not _indexed(s):
-            pytest.skip("not the embedded store")
-        for q in QUERIES:
-            for with_structure in (False, True):
-                plan = _find_indexed(q, q.structure_filter(), q.label_filter(),
-                                               {k: v for k, v in q.label_filter().items() if k in ("property", "fidelity", "value")},
-                                               with_structure, StructureDoc._get_collection(), LabelDoc._get_collection())
-                assert plan is not None, q  # the SQL plan answered
-                # the whole documents, labels and their order included
-                assert find(q, with_structure=with_structure) == find(q, with_structure=with_structure, use_index=False), q
-    finally:
-        s.close()
+def test_index_path_gives_the_engines_documents(indexed_store):
+    for q in QUERIES:
+        for with_structure in (False, True):
+            plan = _find_indexed(q, q.structure_filter(), q.label_filter(),
+                                 {k: v for k, v in q.label_filter().items() if k in ("property", "fidelity", "value")},
+                                 with_structure, StructureDoc._get_collection(), LabelDoc._get_collection())
+            assert plan is not None, q  # the SQL plan answered
+            # the whole documents, labels and their order included
+            assert find(q, with_structure=with_structure) == find(q, with_structure=with_structure, use_index=False), q
 
 
 def _both_agree(queries=QUERIES) -> None:
@@ -145,53 +151,39 @@ def _both_agree(queries=QUERIES) -> None:
         assert find(q) == find(q, use_index=False), q
 
 
-def test_index_follows_writes_that_bypass_the_bulk_writer(embedded_uri):
+def test_index_follows_writes_that_bypass_the_bulk_writer(indexed_store):
     """Updates, deletes and inserts through the engine's own API (mongoengine, pymongo calls) reach
     the SQL indexes through the triggers."""
-    s = connect(embedded_uri)
-    try:
-        _populate(s)
-        if not _indexed(s):
-            pytest.skip("not the embedded store")
-        coll = StructureDoc._get_collection()
-        target = find(Query(chemsys="Li-O"))[0]["material_id"]
-        coll.update_one({"_id": target}, {"$set": {"campaign": "camp-1", "nsites": 40}})
-        assert [d["material_id"] for d in find(Query(campaign="camp-1"))] == [target]
-        assert [d["material_id"] for d in find(Query(nsites=(40, 40)))] == [target]
-        gone = [d["material_id"] for d in find(Query(chemsys="Cl-Na"))]
-        assert gone
-        for mid in gone:
-            coll.delete_one({"_id": mid})
-        LabelDoc._get_collection().delete_many({"structure": {"$in": gone}})
-        assert find(Query(elements=["Na", "Cl"])) == []
-        doc = dict(coll.find_one({"_id": target}))
-        doc.update(_id="qadb-000000000000", chemsys="Li-O-Xe", elements=["Li", "O", "Xe"], campaign=None)
-        coll.insert_one(doc)
-        assert [d["material_id"] for d in find(Query(elements=["Xe", "O"]))] == ["qadb-000000000000"]
-        LabelDoc._get_collection().update_many({"property": "band_gap"}, {"$set": {"value": 9.5}})
-        assert len(find(Query(property="band_gap", value_range=(9.0, 10.0)))) == len(find(Query(property="band_gap")))
-        _both_agree(QUERIES + [Query(campaign="camp-1"), Query(elements=["Xe"]), Query(property="band_gap", value_range=(9.0, 10.0))])
-    finally:
-        s.close()
+    coll = StructureDoc._get_collection()
+    target = find(Query(chemsys="Li-O"))[0]["material_id"]
+    coll.update_one({"_id": target}, {"$set": {"campaign": "camp-1", "nsites": 40}})
+    assert [d["material_id"] for d in find(Query(campaign="camp-1"))] == [target]
+    assert [d["material_id"] for d in find(Query(nsites=(40, 40)))] == [target]
+    gone = [d["material_id"] for d in find(Query(chemsys="Cl-Na"))]
+    assert gone
+    for mid in gone:
+        coll.delete_one({"_id": mid})
+    LabelDoc._get_collection().delete_many({"structure": {"$in": gone}})
+    assert find(Query(elements=["Na", "Cl"])) == []
+    doc = dict(coll.find_one({"_id": target}))
+    doc.update(_id="qadb-000000000000", chemsys="Li-O-Xe", elements=["Li", "O", "Xe"], campaign=None)
+    coll.insert_one(doc)
+    assert [d["material_id"] for d in find(Query(elements=["Xe", "O"]))] == ["qadb-000000000000"]
+    LabelDoc._get_collection().update_many({"property": "band_gap"}, {"$set": {"value": 9.5}})
+    assert len(find(Query(property="band_gap", value_range=(9.0, 10.0)))) == len(find(Query(property="band_gap")))
+    _both_agree(QUERIES + [Query(campaign="camp-1"), Query(elements=["Xe"]), Query(property="band_gap", value_range=(9.0, 10.0))])
 
 
-def test_repeated_upserts_of_a_queued_document_do_not_fail(embedded_uri):
+def test_repeated_upserts_of_a_queued_document_do_not_fail(indexed_store):
     """The engine writes with an upsert (INSERT ... ON CONFLICT DO UPDATE); writing the same document
     twice before any query indexes the queue used to fail on the queue's key ("UNIQUE constraint
     failed: qx_pending.k": seen in `qadb describe` and in an ingest)."""
-    s = connect(embedded_uri)
-    try:
-        _populate(s)
-        if not _indexed(s):
-            pytest.skip("not the embedded store")
-        coll = StructureDoc._get_collection()
-        target = find(Query(chemsys="Li-O"))[0]["material_id"]
-        for n in (41, 42, 43):  # no query in between: the key stays queued
-            coll.update_one({"_id": target}, {"$set": {"nsites": n}})
-        assert [d["material_id"] for d in find(Query(nsites=(43, 43)))] == [target]
-        assert find(Query(nsites=(41, 42))) == []
-    finally:
-        s.close()
+    coll = StructureDoc._get_collection()
+    target = find(Query(chemsys="Li-O"))[0]["material_id"]
+    for n in (41, 42, 43):  # no query in between: the key stays queued
+        coll.update_one({"_id": target}, {"$set": {"nsites": n}})
+    assert [d["material_id"] for d in find(Query(nsites=(43, 43)))] == [target]
+    assert find(Query(nsites=(41, 42))) == []
 
 
 def test_store_made_before_the_indexes_is_indexed_on_first_use(embedded_uri):
@@ -219,26 +211,19 @@ def test_store_made_before_the_indexes_is_indexed_on_first_use(embedded_uri):
         r.close()
 
 
-def test_reader_falls_back_to_the_engine_when_the_index_cannot_be_written(embedded_uri):
-    s = connect(embedded_uri)
+def test_reader_falls_back_to_the_engine_when_the_index_cannot_be_written(indexed_store):
+    expected = [_summary(find(q)) for q in QUERIES]
+    # another process's pending writes, on a file this reader may not change
+    table = _sqlite_collection(StructureDoc._get_collection())
+    with table._connection:
+        table._connection.execute("INSERT OR IGNORE INTO qx_pending SELECT _id FROM documents")
+    blocker = sqlite3.connect(table._path, timeout=0)
+    blocker.execute("BEGIN EXCLUSIVE")
     try:
-        _populate(s)
-        if not _indexed(s):
-            pytest.skip("not the embedded store")
-        expected = [_summary(find(q)) for q in QUERIES]
-        # another process's pending writes, on a file this reader may not change
-        table = _sqlite_collection(StructureDoc._get_collection())
-        with table._connection:
-            table._connection.execute("INSERT OR IGNORE INTO qx_pending SELECT _id FROM documents")
-        blocker = sqlite3.connect(table._path, timeout=0)
-        blocker.execute("BEGIN EXCLUSIVE")
-        try:
-            table._connection.execute("PRAGMA busy_timeout = 0")
-            assert not sqlindex.ready(table)
-            assert [_summary(find(q)) for q in QUERIES] == expected
-        finally:
-            blocker.rollback()
-            blocker.close()
-        assert sqlindex.ready(table)
+        table._connection.execute("PRAGMA busy_timeout = 0")
+        assert not sqlindex.ready(table)
+        assert [_summary(find(q)) for q in QUERIES] == expected
     finally:
-        s.close()
+        blocker.rollback()
+        blocker.close()
+    assert sqlindex.ready(table)
