@@ -16,7 +16,7 @@ from typing import Callable
 from pymatgen.core import Structure
 
 from qadb.store.documents import StructureDoc
-from qadb.store.identity import analyse_structure, symmetry
+from qadb.store.identity import analyse
 
 # The rule `Identity.dedupe_key` follows. 1 (unnamed, before 2026-12): spglib space group + Wyckoff letters,
 # which depend on the origin choice. 2: moyopy space group + orbit sizes per element.
@@ -56,7 +56,6 @@ def ensure_dedupe_keys(db, progress: Callable[[str, int, int], None] | None = No
 def _symmetry_fields(structure: dict) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ident, cell = analyse_structure(Structure.from_dict(structure), with_symmetry=False)
-    ident.spacegroup, ident.spacegroup_symbol, ident.orbits = symmetry(cell)
+        ident = analyse(Structure.from_dict(structure))
     return {"spacegroup": ident.spacegroup, "spacegroup_symbol": ident.spacegroup_symbol,
             "dedupe_key": ident.dedupe_key}
