@@ -22,6 +22,7 @@ import click
 from qadb.cli.groups import cli, console, open_store, out, train
 from qadb.errors import InputError
 
+
 def _say(msg: str) -> None:
     out.print(msg, soft_wrap=True, highlight=False)
 
@@ -51,6 +52,23 @@ def _kv(items, what: str, allow_chemsys: bool = False) -> dict:
         except KeyError as e:
             raise InputError(str(e.args[0])) from None
     return res
+
+
+def _keep_lowest(structs: list, n: int, mlip: str, device: str) -> tuple[list, dict]:
+    """The `n` candidates with the lowest single-point MLIP energy per atom, and how they were chosen."""
+    from qadb.drivers.rank import RankSettings, rank_by_energy
+
+    t0 = time.time()
+    ranking = rank_by_energy(structs, RankSettings(model=mlip), device=device, threads=None)
+    keep = ranking.best(n)
+    if not keep:
+        raise InputError(f"none of the {len(structs)} candidates could be evaluated by {ranking.fidelity}: "
+                         f"{ranking.order[0].reason}")
+    _say(f"ranked {len(structs)} candidates by {ranking.fidelity} in {time.time() - t0:.1f} s; kept "
+         + ", ".join(f"#{r.index} ({r.energy_per_atom:.4f} eV/atom)" for r in ranking.order[: len(keep)])
+         + (f"; {sum(r.reason is not None for r in ranking.order)} not evaluated" if ranking.order[-1].reason else ""))
+    energies = {r.index: r.energy_per_atom for r in ranking.order}
+    return [structs[i] for i in keep], {"mlip": ranking.fidelity, "energy_per_atom_eV": [energies[i] for i in keep]}
 
 
 @train.command("generator")
@@ -158,13 +176,17 @@ def train_generator(ctx, data, prepare, from_store, chemsys, limit, state, ckpt,
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--checkpoint", "ckpt", type=click.Path(path_type=Path), default=None,
               help="Generator checkpoint (default: the committed qadb/data/checkpoints/generator_default.pt).")
+@click.option("--candidates", type=click.IntRange(1, 100000), default=None,
+              help="csp: sample this many cells and keep the -n with the lowest MLIP energy per atom.")
+@click.option("--rank-mlip", default="chgnet", show_default=True,
+              help="With --candidates: the MLIP that ranks them (single-point energy; see qadb.drivers.MODELS).")
 @click.option("--store/--no-store", "to_store", default=True, show_default=True,
               help="Store the samples as structures (origin: checkpoint + settings).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="Also write the structures to a JSON file (list of pymatgen dicts).")
 @click.pass_context
 def sample_cmd(ctx, n, mode, composition, chemsys, conditions, guidance, steps, step_lr, corrector, type_noise,
-               threads, num_atoms, seed, device, ckpt, to_store, output):
+               threads, num_atoms, seed, device, ckpt, candidates, rank_mlip, to_store, output):
     """Sample crystals from the generator and store them with their provenance."""
     from qadb.models.generator.api import DEFAULT_CHECKPOINT, sample, sampler_defaults
     from qadb.models.generator.checkpoint import load_checkpoint
@@ -175,6 +197,10 @@ def sample_cmd(ctx, n, mode, composition, chemsys, conditions, guidance, steps, 
         raise InputError("--chemsys applies to --mode gen (csp takes --composition)")
     if mode == "gen" and composition:
         raise InputError("--composition applies to --mode csp (gen takes --chemsys)")
+    if candidates is not None and mode != "csp":
+        raise InputError("--candidates ranks cells of one composition: it needs --mode csp")
+    if candidates is not None and candidates < n:
+        raise InputError(f"--candidates {candidates} is fewer than -n {n}: nothing to choose from")
     cond = _kv(conditions, "condition")
     guid = _kv(guidance, "guidance", allow_chemsys=True)
     stray = sorted(set(guid) - set(cond) - {"chemsys"})
@@ -187,15 +213,18 @@ def sample_cmd(ctx, n, mode, composition, chemsys, conditions, guidance, steps, 
     gen = load_checkpoint(path, device=device)
     settings = sampler_defaults(gen, steps=steps, step_lr=step_lr, corrector=corrector, type_noise=type_noise)
     t0 = time.time()
-    structs = sample(gen, n=n, mode=mode, composition=composition, chemsys=chemsys, conditions=cond or None,
-                     guidance=guid or None, seed=seed, device=device, num_atoms=num_atoms, threads=threads,
-                     **settings)
-    dt = time.time() - t0
+    structs = sample(gen, n=candidates or n, mode=mode, composition=composition, chemsys=chemsys,
+                     conditions=cond or None, guidance=guid or None, seed=seed, device=device, num_atoms=num_atoms,
+                     threads=threads, **settings)
+    _say(f"sampled {len(structs)} structures in {time.time() - t0:.1f} s ({settings['steps']} steps, "
+         f"corrector {'on' if settings['corrector'] else 'off'})")
     params = {"n": n, "mode": mode, "composition": composition, "chemsys": chemsys, "conditions": cond,
               "guidance": guid, "seed": seed, "device": device, "num_atoms": num_atoms, **settings}
+    if candidates is not None:
+        structs, params["ranking"] = _keep_lowest(structs, n, rank_mlip, device)
+        params["candidates"] = candidates
+    dt = time.time() - t0
     params = {k: v for k, v in params.items() if v not in (None, {})}
-    _say(f"sampled {len(structs)} structures in {dt:.1f} s ({settings['steps']} steps, "
-              f"corrector {'on' if settings['corrector'] else 'off'})")
     if output:
         output.write_text(json.dumps([s.as_dict() for s in structs]))
         _say(f"wrote {output}")

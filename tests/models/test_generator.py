@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -263,6 +264,33 @@ def test_cli_sample_stores_with_provenance(tmp_path, embedded_uri):
             assert act.kind == "sample" and act.status == "completed" and act.inputs[0].id == ck.id
 
 
+@pytest.mark.slow
+def test_cli_csp_candidates_ranked_by_mlip(tmp_path, embedded_uri):
+    """`--candidates`: the kept cells are the lowest-energy ones (re-evaluated here with the same MLIP)."""
+    pytest.importorskip("chgnet")
+    from pymatgen.core import Structure
+
+    from qadb.drivers import load_mlip
+
+    r = _qadb("--store", embedded_uri, "sample", "--mode", "csp", "--composition", "Na2Cl2", "-n", "2",
+              "--candidates", "6", "--steps", "20", "--seed", "1", "-o", str(tmp_path / "s.json"), env_home=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "ranked 6 candidates by MLIP:CHGNet@0.3.0" in r.stdout, r.stdout
+    kept = [Structure.from_dict(d) for d in json.loads((tmp_path / "s.json").read_text())]
+    assert len(kept) == 2 and all(s.composition.reduced_formula == "NaCl" and len(s) == 4 for s in kept)
+    e = load_mlip("chgnet").energies_per_atom(kept)
+    assert e[0] <= e[1] + 1e-6
+    from qadb.store import connect
+    from qadb.store.documents import StructureDoc
+
+    with connect(embedded_uri):
+        docs = list(StructureDoc.objects(origin__kind="generated"))
+    assert docs and all(d.origin.settings["candidates"] == 6 for d in docs)
+    ranking = docs[0].origin.settings["ranking"]
+    assert ranking["mlip"] == "MLIP:CHGNet@0.3.0"
+    assert ranking["energy_per_atom_eV"] == pytest.approx(sorted(e.tolist()), abs=1e-4)
+
+
 @pytest.mark.parametrize("args, msg", [
     (["--condition", "C0.7"], "malformed condition"),
     (["--condition", "Q=1"], "unknown condition"),
@@ -272,6 +300,8 @@ def test_cli_sample_stores_with_provenance(tmp_path, embedded_uri):
     (["--mode", "csp"], "needs --composition"),
     (["--guidance", "C=2"], "without a --condition"),
     (["--checkpoint", "CORRUPT"], "corrupt"),
+    (["--candidates", "4"], "needs --mode csp"),
+    (["--mode", "csp", "--composition", "NaCl", "-n", "3", "--candidates", "2"], "fewer than -n 3"),
 ])
 def test_cli_sample_bad_input_one_line(tmp_path, monkeypatch, capsys, args, msg):
     pytest.importorskip("pymatgen")
@@ -282,7 +312,7 @@ def test_cli_sample_bad_input_one_line(tmp_path, monkeypatch, capsys, args, msg)
     bad.write_bytes(b"not a torch file")
     args = [str(bad) if a == "CORRUPT" else a for a in args]
     with pytest.raises(SystemExit) as exc:
-        main(["sample", "--no-store", "-n", "1", "--steps", "2", *args])
+        main(["sample", "--no-store", "--steps", "2", *(["-n", "1"] if "-n" not in args else []), *args])
     assert exc.value.code != 0
     err = capsys.readouterr().err
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
