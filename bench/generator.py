@@ -351,6 +351,8 @@ def main(argv=None):
     ap.add_argument("--update", action="store_true", help="merge into an existing --out JSON")
     ap.add_argument("--cfg-only", action="store_true",
                     help="with --npz-gen: only the cfg_shift_* metrics (keep the other generation metrics as stored)")
+    ap.add_argument("--cfg-suffix", default="",
+                    help="with --cfg-only: store the shifts as cfg_shift_*SUFFIX (e.g. _guidance3) in details")
     ap.add_argument("--sun", help="JSON written by `bench/_sun.py score`: sun_rate and its counts")
     a = ap.parse_args(argv)
     global COV_REF
@@ -406,7 +408,8 @@ def main(argv=None):
     if a.npz_gen:
         d = np.load(a.npz_gen)
         meta = json.loads(str(d["meta_json"]))
-        res["cfg_meta" if a.cfg_only else "gen_meta"] = meta
+        tag = a.cfg_suffix if a.cfg_only else ""  # e.g. "_guidance3": a second guidance strength beside the first
+        res[f"cfg{tag}_meta" if a.cfg_only else "gen_meta"] = meta
         gens = _structs(d, "gen", n_gen)
         if not a.cfg_only:
             res.update(gen_metrics(gens, test_all, train_by_formula, radii, a.workers))
@@ -429,13 +432,14 @@ def main(argv=None):
                 r = cfg_shift(descriptor_values(cond, prop, radii, a.workers),
                               descriptor_values(gen_valid, prop, radii, a.workers))
                 name = {"compactness": "c", "mled": "mled"}.get(prop, prop)
-                res[f"cfg_shift_{name}"] = r["shift"]
-                res[f"cfg_shift_{name}_detail"] = {**r, "target": target, "guidance": meta.get("cond_guidance"),
+                res[f"cfg_shift_{name}{tag}"] = r["shift"]
+                res[f"cfg_shift_{name}{tag}_detail"] = {**r, "target": target, "guidance": meta.get("cond_guidance"),
                                                    "definition": "mean over struct-valid conditioned samples minus "
                                                                  "mean over struct-valid unconditioned samples"}
         print("gen", {k: v for k, v in res.items() if k in ("struct_validity", "comp_validity", "uniqueness",
-                                                            "novelty", "wdist_density", "wdist_nelem",
-                                                            "cfg_shift_c", "cfg_shift_mled", "cfg_slope_c", "cfg_c_means")}, flush=True)
+                                                            "novelty", "wdist_density", "wdist_nelem", "cfg_slope_c",
+                                                            "cfg_c_means")
+                      or (k.startswith("cfg_shift_") and not k.endswith("_detail"))}, flush=True)
     abl = {}
     for pair in a.ablation:
         name, path = pair.split("=", 1)

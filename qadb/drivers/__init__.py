@@ -17,6 +17,7 @@ from qadb.drivers.references import (
     reference_key,
     reference_structure,
 )
+from qadb.drivers.rank import Ranking, RankSettings, rank_by_energy
 from qadb.drivers.relax import RelaxSettings, relax, structure_changed
 from qadb.drivers.results import (
     BulkModulusResult,
@@ -31,7 +32,8 @@ from qadb.drivers.vasp import VaspSettings, parse_vasp_outputs, vasp_input_set, 
 
 __all__ = [
     "MLIP", "MODELS", "PYSCF_LEVELS", "BulkModulusResult", "BulkModulusSettings", "ConvergenceError", "DFTResult",
-    "ElasticResult", "ElasticSettings", "Label", "PySCFSettings", "RelaxResult", "RelaxSettings", "VaspSettings",
+    "ElasticResult", "ElasticSettings", "Label", "PySCFSettings", "RankSettings", "Ranking", "RelaxResult",
+    "RelaxSettings", "VaspSettings", "rank_by_energy",
     "as_structure", "bulk_modulus", "canonical_structure", "check_structure", "elastic_moduli",
     "formation_energy_per_atom", "input_hash", "kmesh_for", "load_mlip", "parse_vasp_outputs", "pyscf_label",
     "reference_energies", "reference_energy", "reference_key", "reference_structure", "relax", "structure_changed",
