@@ -169,6 +169,8 @@ def train_generator(ctx, data, prepare, from_store, chemsys, limit, state, ckpt,
 @click.option("--corrector/--no-corrector", default=None, help="Predictor-corrector (default: the checkpoint's).")
 @click.option("--type-noise", type=click.FloatRange(0, 2), default=None,
               help="gen: scale of the reverse type noise (default: the checkpoint's; 1 = plain DDPM).")
+@click.option("--coord-noise", type=click.FloatRange(0, 2), default=None,
+              help="Scale of the reverse coordinate-predictor noise (default: the checkpoint's; 1 = plain VE).")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None,
               help="CPU torch threads (default: the idle cores, at least 1).")
 @click.option("--num-atoms", type=click.IntRange(1, 100), default=None, help="gen: fixed number of sites.")
@@ -186,7 +188,7 @@ def train_generator(ctx, data, prepare, from_store, chemsys, limit, state, ckpt,
               help="Also write the structures to a JSON file (list of pymatgen dicts).")
 @click.pass_context
 def sample_cmd(ctx, n, mode, composition, chemsys, conditions, guidance, steps, step_lr, corrector, type_noise,
-               threads, num_atoms, seed, device, ckpt, candidates, rank_mlip, to_store, output):
+               coord_noise, threads, num_atoms, seed, device, ckpt, candidates, rank_mlip, to_store, output):
     """Sample crystals from the generator and store them with their provenance."""
     from qadb.models.generator.api import DEFAULT_CHECKPOINT, sample, sampler_defaults
     from qadb.models.generator.checkpoint import load_checkpoint
@@ -211,7 +213,8 @@ def sample_cmd(ctx, n, mode, composition, chemsys, conditions, guidance, steps, 
     path = Path(ckpt) if ckpt else DEFAULT_CHECKPOINT
     store = open_store(ctx) if to_store else None
     gen = load_checkpoint(path, device=device)
-    settings = sampler_defaults(gen, steps=steps, step_lr=step_lr, corrector=corrector, type_noise=type_noise)
+    settings = sampler_defaults(gen, steps=steps, step_lr=step_lr, corrector=corrector, type_noise=type_noise,
+                                coord_noise=coord_noise, mode=mode)
     t0 = time.time()
     structs = sample(gen, n=candidates or n, mode=mode, composition=composition, chemsys=chemsys,
                      conditions=cond or None, guidance=guid or None, seed=seed, device=device, num_atoms=num_atoms,

@@ -192,10 +192,20 @@ def test_sampler_n_corrector_and_defaults(sched):
         assert f.shape == (5, 3) and lat.shape == (2, 3, 3) and torch.isfinite(lat).all()
         assert ((f >= 0) & (f < 1)).all()
     assert not torch.allclose(outs[0][1], outs[1][1])
+    # coord_noise 0 without the corrector: the predictor alone, so the coordinates follow from the start and the
+    # lattice noise; a different noise scale changes them, the same one reproduces them
+    csp = [sample_tensors(model, sched, na, types, steps=5, corrector=False, coord_noise=c, seed=0)
+           for c in (0.0, 0.0, 1.0)]
+    assert torch.equal(csp[0][1], csp[1][1]) and not torch.allclose(csp[0][1], csp[2][1])
     gens = [sample_tensors(model, sched, na, None, steps=5, type_noise=tn, seed=0) for tn in (1.0, 0.0)]
     assert all(z.shape == (5,) and int(z.min()) >= 1 for z, _, _ in gens)
     g = LoadedGenerator(model=model, schedules=sched, sampler={"steps": 7, "corrector": False})
-    assert sampler_defaults(g) == {"steps": 7, "step_lr": 1e-5, "corrector": False, "type_noise": 1.0}
+    assert sampler_defaults(g) == {"steps": 7, "step_lr": 1e-5, "corrector": False, "type_noise": 1.0,
+                                   "coord_noise": 1.0}
+    per_mode = LoadedGenerator(model=model, schedules=sched, sampler={"coord_noise_csp": 0.0})
+    assert sampler_defaults(per_mode, mode="csp")["coord_noise"] == 0.0
+    assert sampler_defaults(per_mode, mode="gen")["coord_noise"] == 1.0
+    assert sampler_defaults(per_mode, coord_noise=0.5, mode="csp")["coord_noise"] == 0.5
     assert sampler_defaults(g, steps=3, corrector=True)["steps"] == 3
     assert sampler_defaults(LoadedGenerator(model=model, schedules=sched))["steps"] == sched.T
 

@@ -55,13 +55,19 @@ def _chemsys_vector(chemsys) -> torch.Tensor:
 
 
 def sampler_defaults(gen: LoadedGenerator, steps: int | None = None, step_lr: float | None = None,
-                     corrector: bool | None = None, type_noise: float | None = None) -> dict:
-    """Sampler settings: the given ones, else the checkpoint's defaults, else T steps with the corrector."""
+                     corrector: bool | None = None, type_noise: float | None = None,
+                     coord_noise: float | None = None, mode: str = "gen") -> dict:
+    """Sampler settings: the given ones, else the checkpoint's defaults, else T steps with the corrector.
+
+    A checkpoint may give the coordinate noise per mode (``coord_noise_csp``, ``coord_noise_gen``): the committed one
+    samples CSP with 0 and ab initio with 1, because 0 makes ab initio cells denser than the data (docs)."""
     d = gen.sampler or {}
+    coord_default = d.get(f"coord_noise_{mode}", d.get("coord_noise", 1.0))
     return {"steps": int(steps or d.get("steps") or gen.schedules.T),
             "step_lr": float(step_lr if step_lr is not None else d.get("step_lr", 1e-5)),
             "corrector": bool(corrector if corrector is not None else d.get("corrector", True)),
-            "type_noise": float(type_noise if type_noise is not None else d.get("type_noise", 1.0))}
+            "type_noise": float(type_noise if type_noise is not None else d.get("type_noise", 1.0)),
+            "coord_noise": float(coord_noise if coord_noise is not None else coord_default)}
 
 
 def to_structures(z, frac, lattice_rows, num_atoms) -> list:
@@ -86,7 +92,7 @@ def sample(checkpoint=None, n: int = 1, mode: str = "gen", composition=None, che
            conditions: dict | None = None, guidance: dict | None = None, steps: int | None = None, seed: int = 0,
            device: str = "cpu", num_atoms: int | list | None = None, step_lr: float | None = None,
            corrector: bool | None = None, batch_size: int = 1000, return_tensors: bool = False,
-           threads: int | None = None, type_noise: float | None = None):
+           threads: int | None = None, type_noise: float | None = None, coord_noise: float | None = None):
     """Sample ``n`` crystals and return pymatgen Structures.
 
     mode ``"csp"``: structure prediction for ``composition`` (one cell: "Li2O" means 3 sites; give "Li4O2" for
@@ -96,14 +102,16 @@ def sample(checkpoint=None, n: int = 1, mode: str = "gen", composition=None, che
     ``guidance``: {name: g} classifier-free guidance strength per property (default 1.0 where a condition is
     given; g = 0 is the plain conditional model). ``steps``, ``step_lr``, ``corrector``: sampler settings.
     ``type_noise`` (ab initio): scale of the noise of the reverse type steps (1 = plain DDPM; the committed
-    checkpoint uses 0.7: fewer distinct elements per crystal, higher compositional validity). Each of these left
+    checkpoint uses 0.7: fewer distinct elements per crystal, higher compositional validity). ``coord_noise``: the
+    same for the fractional-coordinate predictor (the committed checkpoint uses 0 in CSP mode: a higher match rate
+    at 100 steps, docs/generator.md "Session 7"). Each of these left
     as None takes the checkpoint's default (`sampler_defaults`). ``threads`` (CPU only): torch threads for this
     call; by default the idle cores (`cpu_threads`), at least 1: on a shared machine, threads that wait for a busy
     core at every operation make sampling several times slower than one thread.
     """
     gen = checkpoint if isinstance(checkpoint, LoadedGenerator) else load_checkpoint(checkpoint or DEFAULT_CHECKPOINT)
-    sset = sampler_defaults(gen, steps=steps, step_lr=step_lr, corrector=corrector, type_noise=type_noise)
-    steps, step_lr, corrector, type_noise = sset["steps"], sset["step_lr"], sset["corrector"], sset["type_noise"]
+    sset = sampler_defaults(gen, steps=steps, step_lr=step_lr, corrector=corrector, type_noise=type_noise,
+                            coord_noise=coord_noise, mode=mode)
     if n < 1:
         raise InputError(f"n must be at least 1, not {n}")
     if mode not in ("csp", "gen"):
@@ -137,8 +145,8 @@ def sample(checkpoint=None, n: int = 1, mode: str = "gen", composition=None, che
     if str(device).startswith("cpu"):
         torch.set_num_threads(int(threads) if threads else cpu_threads())
     try:
-        z, f, lat, nat = _sample_batches(gen, n, na, types, zs, props, g, cs, guidance, steps, step_lr, corrector,
-                                         seed, device, batch_size, type_noise)
+        z, f, lat, nat = _sample_batches(gen, n, na, types, zs, props, g, cs, guidance, seed, device, batch_size,
+                                         sset)
     finally:
         torch.set_num_threads(prev_threads)
     if return_tensors:
@@ -157,8 +165,7 @@ def cpu_threads() -> int:
     return max(1, min(torch.get_num_threads(), idle))
 
 
-def _sample_batches(gen, n, na, types, zs, props, g, cs, guidance, steps, step_lr, corrector, seed, device,
-                    batch_size, type_noise=1.0):
+def _sample_batches(gen, n, na, types, zs, props, g, cs, guidance, seed, device, batch_size, sset: dict):
     zs_all, fr_all, la_all, na_all = [], [], [], []
     for i in range(0, n, batch_size):
         sl = slice(i, min(n, i + batch_size))
@@ -168,9 +175,8 @@ def _sample_batches(gen, n, na, types, zs, props, g, cs, guidance, steps, step_l
             ty_b = torch.tensor(zs * len(na_b), dtype=torch.long)
         z, f, lat = sample_tensors(gen.model, gen.schedules, na_b, ty_b, props=props, guidance=g,
                                    chemsys=None if cs is None else cs[sl],
-                                   chemsys_guidance=float((guidance or {}).get("chemsys", 1.0)), steps=steps,
-                                   step_lr=step_lr, corrector=corrector, type_noise=type_noise, seed=seed + i,
-                                   device=device, elements=gen.elements)
+                                   chemsys_guidance=float((guidance or {}).get("chemsys", 1.0)), seed=seed + i,
+                                   device=device, elements=gen.elements, **sset)
         zs_all.append(z), fr_all.append(f), la_all.append(lat), na_all.append(na_b)
     return torch.cat(zs_all), torch.cat(fr_all), torch.cat(la_all), torch.cat(na_all)
 

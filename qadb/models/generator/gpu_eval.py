@@ -57,7 +57,7 @@ def sweep(ckpt, data, out, n=1000, device=None, seed=0):
 
 def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed=0, device=None,
         cfg_targets=(0.45, 0.75), step_lr_csp=1e-5, step_lr_gen=1e-5, csp_k_n=0, csp_k=20,
-        corrector=True, type_noise=1.0, cond=(), cond_guidance=1.0):
+        corrector=True, type_noise=1.0, cond=(), cond_guidance=1.0, coord_noise=1.0):
     """`cond`: ("name=value", ...) each sampled `gen_n` times under CFG with `cond_guidance` (tag ``cond_<name>``),
     to compare with the unconditioned ``gen`` samples of the same size (cfg_shift_<name>)."""
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -81,7 +81,7 @@ def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed
             nb = na[i:i + chunk]
             ty = types[int(ptr[i]): int(ptr[i]) + int(nb.sum())]
             z, f, lat = sample_tensors(g.model, g.schedules, nb, ty, steps=steps, step_lr=step_lr_csp, seed=seed + i,
-                                       corrector=corrector, device=dev)
+                                       corrector=corrector, coord_noise=coord_noise, device=dev)
             zs.append(z), fs.append(f), ls.append(lat)
         _sync()
         timing["csp_s"] = round(time.time() - t0, 2)
@@ -99,7 +99,7 @@ def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed
         t0 = time.time()
         for j in range(csp_k):
             _, f, lat = sample_tensors(g.model, g.schedules, na, types, steps=steps, step_lr=step_lr_csp,
-                                       corrector=corrector, seed=seed + 1000 + j, device=dev)
+                                       corrector=corrector, coord_noise=coord_noise, seed=seed + 1000 + j, device=dev)
             fs.append(f), ls.append(lat)
         _sync()
         timing["csp_k_s"] = round(time.time() - t0, 2)
@@ -114,7 +114,8 @@ def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed
         _sync()
         t0 = time.time()
         z, f, lat = sample_tensors(g.model, g.schedules, na, None, props=props, guidance=guidance, steps=steps,
-                                   step_lr=step_lr_gen, corrector=corrector, type_noise=type_noise, seed=sd,
+                                   step_lr=step_lr_gen, corrector=corrector, type_noise=type_noise,
+                                   coord_noise=coord_noise, seed=sd,
                                    device=dev, elements=g.elements)
         _sync()
         timing[f"{tag}_s"] = round(time.time() - t0, 2)
@@ -139,7 +140,7 @@ def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed
             sd=seed + 10 + k)
         conds[prop] = float(value)
     res["meta_json"] = np.array(json.dumps({"timing": timing, "cond": conds, "cond_guidance": cond_guidance, "steps": steps, "corrector": corrector,
-                                            "type_noise": type_noise,
+                                            "type_noise": type_noise, "coord_noise": coord_noise,
                                             "step_lr": [step_lr_csp, step_lr_gen], "ckpt_meta": g.meta,
                                             "cfg_targets": list(cfg_targets), "device": str(
                                                 torch.cuda.get_device_name() if dev == "cuda" else dev)}))
@@ -164,6 +165,7 @@ def main(argv=None):
     ap.add_argument("--csp-k", type=int, default=20)
     ap.add_argument("--corrector", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--type-noise", type=float, default=1.0, help="ab initio: scale of the reverse type noise")
+    ap.add_argument("--coord-noise", type=float, default=1.0, help="scale of the reverse coordinate-predictor noise")
     ap.add_argument("--cond", nargs="*", default=[], help="NAME=VALUE conditions, each sampled --gen-n times")
     ap.add_argument("--cond-guidance", type=float, default=1.0)
     ap.add_argument("--sweep", type=int, default=0, help="only the sampler sweep on the first N test compositions")
@@ -173,7 +175,7 @@ def main(argv=None):
         return
     print(run(a.ckpt, a.data, a.out, a.csp_n, a.gen_n, a.cfg_n, a.steps, a.chunk, a.seed, a.device,
               step_lr_csp=a.step_lr, step_lr_gen=a.step_lr, csp_k_n=a.csp_k_n, csp_k=a.csp_k, corrector=a.corrector,
-              type_noise=a.type_noise, cond=a.cond, cond_guidance=a.cond_guidance))
+              type_noise=a.type_noise, cond=a.cond, cond_guidance=a.cond_guidance, coord_noise=a.coord_noise))
 
 
 if __name__ == "__main__":

@@ -27,14 +27,17 @@ def _timesteps(T: int, steps: int) -> list[int]:
 def sample_tensors(model, sched, num_atoms: torch.Tensor, types: torch.Tensor | None = None, *,
                    props: dict | None = None, guidance: dict | None = None, chemsys: torch.Tensor | None = None,
                    chemsys_guidance: float = 0.0, steps: int | None = None, step_lr: float = 1e-5,
-                   corrector: bool = True, n_corrector: int = 1, type_noise: float = 1.0, seed: int = 0,
+                   corrector: bool = True, n_corrector: int = 1, type_noise: float = 1.0, coord_noise: float = 1.0,
+                   seed: int = 0,
                    device: str = "cpu", elements: torch.Tensor | None = None):
     """Sample B crystals.
 
     num_atoms: [B] long. types: [Na] atomic numbers (structure prediction) or None (ab initio).
     props: {name: normalised value} (applies to all B) or {name: [B] tensor}. guidance: {name: g}.
     chemsys: [B, N_TYPES] multi-hot (ab initio only). type_noise scales the noise of the reverse type steps
-    (1 = the DDPM posterior; below 1 samples the types at a lower temperature). elements: atomic numbers the
+    (1 = the DDPM posterior; below 1 samples the types at a lower temperature). coord_noise scales the noise of
+    the reverse-VE coordinate predictor in the same way (0: each predictor step only follows the score; the
+    corrector, when on, still adds its Langevin noise). elements: atomic numbers the
     final type decoding may choose when no chemsys is given (the checkpoint's training elements; None: any).
     Returns (Z [Na], frac [Na,3], lattice rows [B,3,3] Å).
     """
@@ -124,7 +127,7 @@ def sample_tensors(model, sched, num_atoms: torch.Tensor, types: torch.Tensor | 
         dvar = sig_t**2 - sig_s**2
         frac = frac + dvar * score
         if s > 0:
-            frac = frac + (dvar * sig_s**2 / sig_t**2).sqrt() * randn(Na, 3)
+            frac = frac + coord_noise * (dvar * sig_s**2 / sig_t**2).sqrt() * randn(Na, 3)
         frac = frac % 1.0
         ab_t, ab_s = abar[t], abar[s]
         alpha = ab_t / ab_s
