@@ -64,11 +64,12 @@ def _keep_lowest(structs: list, n: int, mlip: str, device: str) -> tuple[list, d
     if not keep:
         raise InputError(f"none of the {len(structs)} candidates could be evaluated by {ranking.fidelity}: "
                          f"{ranking.order[0].reason}")
+    kept = ranking.order[: len(keep)]  # `best` takes the evaluated head of the order
     _say(f"ranked {len(structs)} candidates by {ranking.fidelity} in {time.time() - t0:.1f} s; kept "
-         + ", ".join(f"#{r.index} ({r.energy_per_atom:.4f} eV/atom)" for r in ranking.order[: len(keep)])
+         + ", ".join(f"#{r.index} ({r.energy_per_atom:.4f} eV/atom)" for r in kept)
          + (f"; {sum(r.reason is not None for r in ranking.order)} not evaluated" if ranking.order[-1].reason else ""))
-    energies = {r.index: r.energy_per_atom for r in ranking.order}
-    return [structs[i] for i in keep], {"mlip": ranking.fidelity, "energy_per_atom_eV": [energies[i] for i in keep]}
+    energies = [r.energy_per_atom for r in kept]
+    return [structs[i] for i in keep], {"mlip": ranking.fidelity, "energy_per_atom_eV": energies}
 
 
 @train.command("generator")
