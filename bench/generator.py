@@ -230,6 +230,84 @@ def _novel_one(args):
     return not any(sm.fit(s, r) for r in refs)
 
 
+FUNNEL_REF_N = 3000  # training crystals whose frameworks give the "top-100 prototypes" (no ICSD here)
+FUNNEL_SETS = ("gen", "cond_mled", "cond_compactness", "cond_joint")  # npz sample sets the funnel reads, if present
+FUNNEL_TAGS = ("", "_cond_mled", "_cond_compactness", "_cond_joint")  # their suffixes in the metric names
+
+
+def _funnel_record(s) -> tuple[bool, float, float, float]:
+    """PIGEN's per-structure quantities: d_ij > 0.5 A (A'), SPP score (A), compactness (C), M_LED (D)."""
+    from qadb.chem import compactness as chem_compactness
+    from qadb.chem import load_spp_table
+
+    ok = struct_valid(s)
+    if not ok:  # overlapping or degenerate cells: every later quantity is meaningless
+        return False, math.inf, math.nan, math.nan
+    return ok, load_spp_table().score(s).value, chem_compactness(s), _mled_value(s)
+
+
+def _binom(k: int, n: int) -> dict:
+    k, n = int(k), int(n)
+    p = k / n if n else math.nan
+    return {"pct": round(100 * p, 2), "se": round(100 * math.sqrt(p * (1 - p) / n), 2) if n else None, "k": k, "n": n}
+
+
+def funnel_metrics(structs, train_formulas, frameworks, workers=2) -> dict:
+    """Seed 002's filters on generated crystals, each alone (Extended Data Table 1: A', A, B, C, D) and in sequence
+    (Table 1, column D: A & B & C & D), and the share of A & B & C survivors whose species-agnostic framework is
+    none of `frameworks` (Extended Data Fig. 3b, top-100 prototypes)."""
+    from qadb.chem import COMPACTNESS_WINDOW, assign_framework, load_spp_table
+
+    with ProcessPoolExecutor(workers) as pool:
+        rec = list(pool.map(_funnel_record, structs, chunksize=16))
+    spp_limit = load_spp_table().threshold
+    lo, hi = COMPACTNESS_WINDOW
+    n = len(structs)
+    a_prime = [r[0] for r in rec]
+    a = [r[1] <= spp_limit for r in rec]
+    b = [s.composition.reduced_formula not in train_formulas for s in structs]
+    c = [lo <= r[2] <= hi for r in rec]
+    d = [r[3] > 9.0 for r in rec]
+    abc = [i for i in range(n) if a[i] and b[i] and c[i]]
+    with ProcessPoolExecutor(workers) as pool:
+        fw = list(pool.map(assign_framework, [structs[i] for i in abc], itertools.repeat(frameworks), chunksize=8))
+    outside = sum(f is None for f in fw)
+    out = {name: _binom(sum(v), n) for name, v in (("A_prime", a_prime), ("A", a), ("B", b), ("C", c), ("D", d))}
+    out["ABC"] = _binom(len(abc), n)
+    out["ABCD"] = _binom(sum(d[i] for i in abc), n)
+    out["outside_top100"] = _binom(outside, len(abc))
+    out["mled_failed"] = int(sum(1 for r in rec if r[0] and not math.isfinite(r[3])))
+    return out
+
+
+def funnel_frameworks(train_structs, n_ref: int = FUNNEL_REF_N, seed: int = 0, cache: Path | None = None):
+    """Top-100 species-agnostic frameworks of `n_ref` training crystals drawn at random, and how much they cover.
+    Building them takes minutes (pairwise StructureMatcher), so they are kept in `cache` (JSON) when given."""
+    from pymatgen.core import Structure
+
+    from qadb.chem import Framework, framework_prototypes
+
+    if cache is not None and cache.exists():
+        doc = json.loads(cache.read_text())
+        fws = [Framework(f["rank"], f["count"], Structure.from_dict(f["example"]), f["label"]) for f in doc["frameworks"]]
+        return fws, {**doc["info"], "cache": str(cache)}
+    rng = np.random.default_rng(seed)
+    idx = sorted(rng.choice(len(train_structs), min(n_ref, len(train_structs)), replace=False).tolist())
+    t0 = time.time()
+    fws = framework_prototypes([train_structs[i] for i in idx], top_n=100)
+    info = {"reference": f"{len(idx)} training crystals drawn at random (seed {seed}); ICSD's prototype list is "
+                         "not available here", "n_ref": len(idx),
+            "top100_cover_pct": round(100 * sum(f.count for f in fws) / len(idx), 2),
+            "largest": [[f.label, f.count] for f in fws[:5]], "build_s": round(time.time() - t0, 1)}
+    if cache is not None:
+        from monty.json import MontyEncoder
+
+        cache.write_text(json.dumps({"info": info, "frameworks": [
+            {"rank": f.rank, "count": f.count, "label": f.label, "example": f.example.as_dict()} for f in fws]},
+            cls=MontyEncoder))
+    return fws, info
+
+
 COV_CUTOFFS = (0.4, 10.0)  # CDVAE's MP-20 cutoffs: structure fingerprint distance, composition fingerprint distance
 
 
@@ -354,6 +432,11 @@ def main(argv=None):
     ap.add_argument("--cfg-suffix", default="",
                     help="with --cfg-only: store the shifts as cfg_shift_*SUFFIX (e.g. _guidance3) in details")
     ap.add_argument("--sun", help="JSON written by `bench/_sun.py score`: sun_rate and its counts")
+    ap.add_argument("--funnel", action="store_true",
+                    help="with --npz-gen: PIGEN's filters A-D and the share outside the top-100 frameworks, for each "
+                         "sample set in the file (gen, cond_*)")
+    ap.add_argument("--funnel-ref", type=int, default=FUNNEL_REF_N,
+                    help="training crystals whose frameworks give the top-100 prototypes")
     a = ap.parse_args(argv)
     global COV_REF
     COV_REF = a.cov_ref
@@ -436,6 +519,24 @@ def main(argv=None):
                 res[f"cfg_shift_{name}{tag}_detail"] = {**r, "target": target, "guidance": meta.get("cond_guidance"),
                                                    "definition": "mean over struct-valid conditioned samples minus "
                                                                  "mean over struct-valid unconditioned samples"}
+        if a.funnel:
+            frameworks, fw_info = funnel_frameworks(train_structs, a.funnel_ref,
+                                                    cache=Path(f"{a.data}.frameworks{a.funnel_ref}.json"))
+            res["funnel_prototypes"] = fw_info
+            train_formulas = set(train_by_formula)
+            for prefix in FUNNEL_SETS:
+                if f"{prefix}_z" not in d:
+                    continue
+                r = funnel_metrics(_structs(d, prefix, n_gen), train_formulas, frameworks, a.workers)
+                name = FUNNEL_TAGS[FUNNEL_SETS.index(prefix)]
+                res[f"funnel{name}{tag}"] = r
+                res[f"funnel_abcd{name}{tag}"] = r["ABCD"]["pct"]
+                res[f"outside_top100_prototypes{name}{tag}"] = r["outside_top100"]["pct"]
+                print("funnel", prefix, {k: v["pct"] for k, v in r.items() if isinstance(v, dict)}, flush=True)
+            if not tag:  # the same filters on known crystals, to read the generated rows against
+                r = funnel_metrics(test_all[: n_gen or 1000], train_formulas, frameworks, a.workers)
+                res["funnel_mp20_test"] = r
+                print("funnel mp20_test", {k: v["pct"] for k, v in r.items() if isinstance(v, dict)}, flush=True)
         print("gen", {k: v for k, v in res.items() if k in ("struct_validity", "comp_validity", "uniqueness",
                                                             "novelty", "wdist_density", "wdist_nelem", "cfg_slope_c",
                                                             "cfg_c_means")
@@ -514,6 +615,8 @@ METRICS = {
     "sample_1000_gpu_s": ("s", 60.0, "min"), "sample_100_cpu_s": ("s", 120.0, "min"),
     "cfg_shift_c": ("C (cond 0.7 minus uncond)", None, "max"),
     "cfg_shift_mled": ("bits (cond 9 minus uncond)", None, "max"),
+    **{f"funnel_abcd{n}": ("% of generated", None, "max") for n in FUNNEL_TAGS},
+    **{f"outside_top100_prototypes{n}": ("% of A&B&C survivors", None, "max") for n in FUNNEL_TAGS},
 }
 
 

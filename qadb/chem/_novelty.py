@@ -84,7 +84,8 @@ class ReferenceSet:
 
 @dataclass(frozen=True)
 class Framework:
-    """A species-agnostic framework of the reference set: its rank by frequency and one member."""
+    """A species-agnostic framework of the reference set: its rank by frequency and the primitive cell of one
+    member."""
 
     rank: int
     count: int
@@ -92,18 +93,25 @@ class Framework:
     label: str
 
 
+def _framework_matcher(stol: float) -> StructureMatcher:
+    # inputs are primitive cells already: reducing them again inside every fit() dominated the cost
+    return StructureMatcher(stol=stol, comparator=FrameworkComparator(), primitive_cell=False)
+
+
 def framework_prototypes(structures: Iterable[Structure], top_n: int = 100, stol: float = 0.3) -> list[Framework]:
     """The `top_n` most frequent frameworks of a reference set (seed 002's "top-N prototypes")."""
-    matcher = StructureMatcher(stol=stol, comparator=FrameworkComparator(), primitive_cell=True)
+    matcher = _framework_matcher(stol)
     groups: dict[int, list[list[Structure]]] = defaultdict(list)
     for s in structures:
-        classes = groups[len(s.get_primitive_structure())]
+        prim = s.get_primitive_structure()
+        classes = groups[len(prim)]
         for members in classes:
-            if matcher.fit(members[0], s):
-                members.append(s)
+            if matcher.fit(members[0], prim):
+                members.append(prim)
                 break
         else:
-            classes.append([s])
+            classes.append([prim])
+        classes.sort(key=lambda m: -len(m))  # frequent frameworks first: most structures stop early
     ranked = sorted((m for cls in groups.values() for m in cls), key=lambda m: -len(m))[:top_n]
     return [
         Framework(k + 1, len(m), m[0], f"{m[0].composition.reduced_formula}-type #{k + 1}")
@@ -113,10 +121,10 @@ def framework_prototypes(structures: Iterable[Structure], top_n: int = 100, stol
 
 def assign_framework(structure: Structure, frameworks: Sequence[Framework], stol: float = 0.3) -> Framework | None:
     """The most frequent framework the structure matches, species ignored; None when it matches none."""
-    matcher = StructureMatcher(stol=stol, comparator=FrameworkComparator(), primitive_cell=True)
-    n = len(structure.get_primitive_structure())
+    matcher = _framework_matcher(stol)
+    prim = structure.get_primitive_structure()
     for fw in frameworks:
-        if len(fw.example.get_primitive_structure()) == n and matcher.fit(fw.example, structure):
+        if len(fw.example) == len(prim) and matcher.fit(fw.example, prim):
             return fw
     return None
 

@@ -14,7 +14,9 @@ def main(argv: list[str] | None = None) -> None:
     from qadb.cli.app import cli
 
     try:
-        cli.main(args=argv, prog_name="qadb", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="qadb", standalone_mode=False)
+        if isinstance(code, int) and code:  # outside standalone mode click returns ctx.exit(code) instead of exiting
+            sys.exit(code)
     except QadbError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)

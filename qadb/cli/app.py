@@ -6,7 +6,7 @@ import importlib
 
 from qadb.cli.groups import cli
 
-_MODULES = ("commands", "jobs", "generator", "validator", "campaign")
+_MODULES = ("commands", "jobs", "generator", "validator", "campaign", "bench")
 
 for _name in _MODULES:
     try:

@@ -57,7 +57,7 @@ def sweep(ckpt, data, out, n=1000, device=None, seed=0):
 
 def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed=0, device=None,
         cfg_targets=(0.45, 0.75), step_lr_csp=1e-5, step_lr_gen=1e-5, csp_k_n=0, csp_k=20,
-        corrector=True, type_noise=1.0, cond=(), cond_guidance=1.0, coord_noise=1.0):
+        corrector=True, type_noise=1.0, cond=(), cond_guidance=1.0, coord_noise=1.0, csp_cond="", csp_guidance=1.0):
     """`cond`: ("name=value", ...) each sampled `gen_n` times under CFG with `cond_guidance` (tag ``cond_<name>``),
     to compare with the unconditioned ``gen`` samples of the same size (cfg_shift_<name>)."""
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -69,6 +69,16 @@ def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed
         torch.set_num_threads(cpu_threads())
     g = load_checkpoint(ckpt, device=dev)
     res, timing = {}, {}
+
+    def parse(spec: str) -> dict:
+        """"M_LED=9,C=0.7" -> {prop: raw value}"""
+        return {ALIASES.get(n, n): float(v) for n, v in (p.split("=") for p in spec.split(",") if p)}
+
+    def normalised(pairs: dict) -> dict:
+        return {p: (v - g.prop_norm[p][0]) / g.prop_norm[p][1] for p, v in pairs.items()}
+
+    cp = normalised(parse(csp_cond))
+    csp_props = {"props": cp, "guidance": {p: csp_guidance for p in cp}} if cp else {}
     if csp_n:
         te = torch.load(data, map_location="cpu", weights_only=True)["test"]
         na = te["num_atoms"].long()[:csp_n]
@@ -81,7 +91,7 @@ def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed
             nb = na[i:i + chunk]
             ty = types[int(ptr[i]): int(ptr[i]) + int(nb.sum())]
             z, f, lat = sample_tensors(g.model, g.schedules, nb, ty, steps=steps, step_lr=step_lr_csp, seed=seed + i,
-                                       corrector=corrector, coord_noise=coord_noise, device=dev)
+                                       corrector=corrector, coord_noise=coord_noise, device=dev, **csp_props)
             zs.append(z), fs.append(f), ls.append(lat)
         _sync()
         timing["csp_s"] = round(time.time() - t0, 2)
@@ -99,7 +109,8 @@ def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed
         t0 = time.time()
         for j in range(csp_k):
             _, f, lat = sample_tensors(g.model, g.schedules, na, types, steps=steps, step_lr=step_lr_csp,
-                                       corrector=corrector, coord_noise=coord_noise, seed=seed + 1000 + j, device=dev)
+                                       corrector=corrector, coord_noise=coord_noise, seed=seed + 1000 + j, device=dev,
+                                       **csp_props)
             fs.append(f), ls.append(lat)
         _sync()
         timing["csp_k_s"] = round(time.time() - t0, 2)
@@ -131,16 +142,17 @@ def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed
         for k, c in enumerate(cfg_targets):
             gen(cfg_n, props={"compactness": (c - mean) / scale}, guidance={"compactness": 1.0}, tag=f"cfgc{k}",
                 sd=seed + 2 + k)
-    conds = {}
+    conds, joint = {}, {}
     for k, spec in enumerate(cond):
-        name, value = spec.split("=")
-        prop = ALIASES.get(name, name)
-        mean, scale = g.prop_norm[prop]
-        gen(gen_n, props={prop: (float(value) - mean) / scale}, guidance={prop: cond_guidance}, tag=f"cond_{prop}",
-            sd=seed + 10 + k)
-        conds[prop] = float(value)
-    res["meta_json"] = np.array(json.dumps({"timing": timing, "cond": conds, "cond_guidance": cond_guidance, "steps": steps, "corrector": corrector,
+        # "M_LED=9" samples one condition (tag cond_mled); "M_LED=9,C=0.7" guides both at once (cond_joint)
+        pairs = parse(spec)
+        tag = "cond_joint" if len(pairs) > 1 else f"cond_{next(iter(pairs))}"
+        gen(gen_n, props=normalised(pairs), guidance={p: cond_guidance for p in pairs}, tag=tag, sd=seed + 10 + k)
+        (joint if len(pairs) > 1 else conds).update(pairs)
+    res["meta_json"] = np.array(json.dumps({"timing": timing, "cond": conds, "cond_joint": joint,
+                                            "cond_guidance": cond_guidance, "steps": steps, "corrector": corrector,
                                             "type_noise": type_noise, "coord_noise": coord_noise,
+                                            "csp_cond": csp_cond, "csp_guidance": csp_guidance,
                                             "step_lr": [step_lr_csp, step_lr_gen], "ckpt_meta": g.meta,
                                             "cfg_targets": list(cfg_targets), "device": str(
                                                 torch.cuda.get_device_name() if dev == "cuda" else dev)}))
@@ -166,7 +178,11 @@ def main(argv=None):
     ap.add_argument("--corrector", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--type-noise", type=float, default=1.0, help="ab initio: scale of the reverse type noise")
     ap.add_argument("--coord-noise", type=float, default=1.0, help="scale of the reverse coordinate-predictor noise")
-    ap.add_argument("--cond", nargs="*", default=[], help="NAME=VALUE conditions, each sampled --gen-n times")
+    ap.add_argument("--csp-cond", default="", help="NAME=V[,NAME=V]: condition the CSP samples (e.g. E_hull=0)")
+    ap.add_argument("--csp-guidance", type=float, default=1.0)
+    ap.add_argument("--cond", nargs="*", default=[],
+                    help="NAME=VALUE conditions, each sampled --gen-n times; NAME=V,NAME=V guides several at once "
+                         "(tag cond_joint)")
     ap.add_argument("--cond-guidance", type=float, default=1.0)
     ap.add_argument("--sweep", type=int, default=0, help="only the sampler sweep on the first N test compositions")
     a = ap.parse_args(argv)
@@ -175,7 +191,8 @@ def main(argv=None):
         return
     print(run(a.ckpt, a.data, a.out, a.csp_n, a.gen_n, a.cfg_n, a.steps, a.chunk, a.seed, a.device,
               step_lr_csp=a.step_lr, step_lr_gen=a.step_lr, csp_k_n=a.csp_k_n, csp_k=a.csp_k, corrector=a.corrector,
-              type_noise=a.type_noise, cond=a.cond, cond_guidance=a.cond_guidance, coord_noise=a.coord_noise))
+              type_noise=a.type_noise, cond=a.cond, cond_guidance=a.cond_guidance, coord_noise=a.coord_noise,
+              csp_cond=a.csp_cond, csp_guidance=a.csp_guidance))
 
 
 if __name__ == "__main__":
