@@ -163,6 +163,7 @@ def score(inp: str, relaxed: str, store: str, out: str | None = None) -> dict:
     import numpy as np
     from pymatgen.core import Composition, Structure
 
+    from bench.generator import wilson_ci
     from qadb.chem import HullEntry, ReferenceSet, build_hull, unique_indices
     from qadb.store import connect
     from qadb.store.documents import StructureDoc
@@ -233,6 +234,7 @@ def score(inp: str, relaxed: str, store: str, out: str | None = None) -> dict:
     counts = {s: sum(1 for v in status.values() if v == s) for s in sorted(set(status.values()))}
     res = {
         "sun_rate": round(100.0 * len(sun) / n, 2),
+        "sun_rate_ci95": wilson_ci(len(sun), n),
         "sun_n": n, "sun_count": len(sun), "sun_stable_rate": round(100.0 * len(stable) / n, 2),
         "sun_stable_unique_rate": round(100.0 * len([i for i in stable if i in uniq]) / n, 2),
         "sun_status_counts": counts,

@@ -229,6 +229,9 @@ def test_sampler_n_corrector_and_defaults(sched):
     assert sampler_defaults(per_mode, mode="csp")["coord_noise"] == 0.0
     assert sampler_defaults(per_mode, mode="gen")["coord_noise"] == 1.0
     assert sampler_defaults(per_mode, coord_noise=0.5, mode="csp")["coord_noise"] == 0.5
+    corr = LoadedGenerator(model=model, schedules=sched, sampler={"corrector": False, "corrector_gen": True})
+    assert sampler_defaults(corr, mode="gen")["corrector"] and not sampler_defaults(corr, mode="csp")["corrector"]
+    assert not sampler_defaults(corr, corrector=False, mode="gen")["corrector"]
     assert sampler_defaults(g, steps=3, corrector=True)["steps"] == 3
     assert sampler_defaults(LoadedGenerator(model=model, schedules=sched))["steps"] == sched.T
 

@@ -59,15 +59,19 @@ def sampler_defaults(gen: LoadedGenerator, steps: int | None = None, step_lr: fl
                      coord_noise: float | None = None, mode: str = "gen") -> dict:
     """Sampler settings: the given ones, else the checkpoint's defaults, else T steps with the corrector.
 
-    A checkpoint may give the coordinate noise per mode (``coord_noise_csp``, ``coord_noise_gen``): the committed one
-    samples CSP with 0 and ab initio with 1, because 0 makes ab initio cells denser than the data (docs)."""
+    A checkpoint may give any default per mode (``coord_noise_csp``, ``corrector_gen``, ...), which wins over the
+    plain key in that mode: the committed one samples CSP without coordinate noise (0 makes ab initio cells denser
+    than the data) and ab initio with the corrector (at 100 steps it lifts SPP validity from 42 to 70 %); see the docs."""
     d = gen.sampler or {}
-    coord_default = d.get(f"coord_noise_{mode}", d.get("coord_noise", 1.0))
-    return {"steps": int(steps or d.get("steps") or gen.schedules.T),
-            "step_lr": float(step_lr if step_lr is not None else d.get("step_lr", 1e-5)),
-            "corrector": bool(corrector if corrector is not None else d.get("corrector", True)),
-            "type_noise": float(type_noise if type_noise is not None else d.get("type_noise", 1.0)),
-            "coord_noise": float(coord_noise if coord_noise is not None else coord_default)}
+
+    def pick(key: str, given, fallback):
+        return given if given is not None else d.get(f"{key}_{mode}", d.get(key, fallback))
+
+    return {"steps": int(pick("steps", steps, None) or gen.schedules.T),
+            "step_lr": float(pick("step_lr", step_lr, 1e-5)),
+            "corrector": bool(pick("corrector", corrector, True)),
+            "type_noise": float(pick("type_noise", type_noise, 1.0)),
+            "coord_noise": float(pick("coord_noise", coord_noise, 1.0))}
 
 
 def to_structures(z, frac, lattice_rows, num_atoms) -> list:
