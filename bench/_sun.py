@@ -176,7 +176,8 @@ def score(inp: str, relaxed: str, store: str, out: str | None = None) -> dict:
             rows[r["key"]] = r
     ok = {k: r for k, r in rows.items() if "energy_per_atom" in r}
     # only this payload's references: a relaxed file reused from another run may hold phases of other systems
-    ref_keys = [k for k in ok if k.startswith("r:") and k[2:] in payload["references"]]
+    own_refs = [k for k in rows if k.startswith("r:") and k[2:] in payload["references"]]
+    ref_keys = [k for k in own_refs if k in ok]
     # elemental chemical potentials: the lowest relaxed elemental phase of each element
     mu: dict[str, float] = {}
     for k in ref_keys:
@@ -240,7 +241,7 @@ def score(inp: str, relaxed: str, store: str, out: str | None = None) -> dict:
         "sun_stable_unique_rate": round(100.0 * len([i for i in stable if i in uniq]) / n, 2),
         "sun_status_counts": counts,
         "sun_e_hull_median_ev": round(float(np.median(list(e_hull.values()))), 4) if e_hull else None,
-        "sun_reference_phases_relaxed": len(ref_keys), "sun_reference_failed": len([k for k in rows if k.startswith("r:") and k[2:] in payload["references"]]) - len(ref_keys),
+        "sun_reference_phases_relaxed": len(ref_keys), "sun_reference_failed": len(own_refs) - len(ref_keys),
         "sun_store_structures": payload["store_structures"],
         "sun_subsystem_structures": payload["subsystem_structures"],
         "sun_subsystem_unlabelled": payload["subsystem_unlabelled"],

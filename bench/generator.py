@@ -231,19 +231,24 @@ def _novel_one(args):
 
 
 FUNNEL_REF_N = 3000  # training crystals whose frameworks give the "top-100 prototypes" (no ICSD here)
-FUNNEL_SETS = ("gen", "cond_mled", "cond_compactness", "cond_joint")  # npz sample sets the funnel reads, if present
-FUNNEL_TAGS = ("", "_cond_mled", "_cond_compactness", "_cond_joint")  # their suffixes in the metric names
+# npz sample sets the funnel reads, if present, and their suffixes in the metric names
+FUNNEL_SETS = {"gen": "", "cond_mled": "_cond_mled", "cond_compactness": "_cond_compactness",
+               "cond_joint": "_cond_joint"}
 
 
-def _funnel_record(s) -> tuple[bool, float, float, float]:
-    """PIGEN's per-structure quantities: d_ij > 0.5 A (A'), SPP score (A), compactness (C), M_LED (D)."""
-    from qadb.chem import compactness as chem_compactness
-    from qadb.chem import load_spp_table
+def _funnel_record(s) -> tuple[bool, bool, bool, bool | None]:
+    """PIGEN's filters A' (d_ij > 0.5 A), A (SPP), C (compactness window), D (M_LED > 9) on one structure, A, C and D
+    by `qadb.chem`'s own funnel stages (D is None where M_LED cannot be computed)."""
+    from qadb.chem import compactness_stage, mled_stage, spp_stage
 
-    ok = struct_valid(s)
-    if not ok:  # overlapping or degenerate cells: every later quantity is meaningless
-        return False, math.inf, math.nan, math.nan
-    return ok, load_spp_table().score(s).value, chem_compactness(s), _mled_value(s)
+    if not struct_valid(s):  # overlapping or degenerate cells: every later filter fails
+        return False, False, False, False
+    try:
+        d = mled_stage().fn(s, 0)
+        d_passed = d.passed if math.isfinite(d.value) else None
+    except Exception:  # noqa: BLE001 - counted as missing (mled_failed), not as a pass
+        d_passed = None
+    return True, spp_stage().fn(s, 0).passed, compactness_stage().fn(s, 0).passed, d_passed
 
 
 def _binom(k: int, n: int) -> dict:
@@ -256,18 +261,14 @@ def funnel_metrics(structs, train_formulas, frameworks, workers=2) -> dict:
     """Seed 002's filters on generated crystals, each alone (Extended Data Table 1: A', A, B, C, D) and in sequence
     (Table 1, column D: A & B & C & D), and the share of A & B & C survivors whose species-agnostic framework is
     none of `frameworks` (Extended Data Fig. 3b, top-100 prototypes)."""
-    from qadb.chem import COMPACTNESS_WINDOW, assign_framework, load_spp_table
+    from qadb.chem import assign_framework
 
     with ProcessPoolExecutor(workers) as pool:
         rec = list(pool.map(_funnel_record, structs, chunksize=16))
-    spp_limit = load_spp_table().threshold
-    lo, hi = COMPACTNESS_WINDOW
     n = len(structs)
-    a_prime = [r[0] for r in rec]
-    a = [r[1] <= spp_limit for r in rec]
+    a_prime, a, c = ([r[k] for r in rec] for k in (0, 1, 2))
+    d = [bool(r[3]) for r in rec]
     b = [s.composition.reduced_formula not in train_formulas for s in structs]
-    c = [lo <= r[2] <= hi for r in rec]
-    d = [r[3] > 9.0 for r in rec]
     abc = [i for i in range(n) if a[i] and b[i] and c[i]]
     with ProcessPoolExecutor(workers) as pool:
         fw = list(pool.map(assign_framework, [structs[i] for i in abc], itertools.repeat(frameworks), chunksize=8))
@@ -276,7 +277,7 @@ def funnel_metrics(structs, train_formulas, frameworks, workers=2) -> dict:
     out["ABC"] = _binom(len(abc), n)
     out["ABCD"] = _binom(sum(d[i] for i in abc), n)
     out["outside_top100"] = _binom(outside, len(abc))
-    out["mled_failed"] = int(sum(1 for r in rec if r[0] and not math.isfinite(r[3])))
+    out["mled_failed"] = sum(1 for r in rec if r[3] is None)
     return out
 
 
@@ -526,11 +527,10 @@ def main(argv=None):
                                                     cache=Path(f"{a.data}.frameworks{a.funnel_ref}.json"))
             res["funnel_prototypes"] = fw_info
             train_formulas = set(train_by_formula)
-            for prefix in FUNNEL_SETS:
+            for prefix, name in FUNNEL_SETS.items():
                 if f"{prefix}_z" not in d:
                     continue
                 r = funnel_metrics(_structs(d, prefix, n_gen), train_formulas, frameworks, a.workers)
-                name = FUNNEL_TAGS[FUNNEL_SETS.index(prefix)]
                 res[f"funnel{name}{tag}"] = r
                 res[f"funnel_abcd{name}{tag}"] = r["ABCD"]["pct"]
                 res[f"outside_top100_prototypes{name}{tag}"] = r["outside_top100"]["pct"]
@@ -618,8 +618,8 @@ METRICS = {
     "cfg_shift_c": ("C (cond 0.7 minus uncond)", None, "max"),
     "cfg_shift_mled": ("bits (cond 9 minus uncond)", None, "max"),
     # the jointly guided set is only in details so far: it was sampled on the CPU at 100 steps, the others at 1,000
-    **{f"funnel_abcd{n}": ("% of generated", None, "max") for n in FUNNEL_TAGS[:3]},
-    **{f"outside_top100_prototypes{n}": ("% of A&B&C survivors", None, "max") for n in FUNNEL_TAGS[:3]},
+    **{f"funnel_abcd{n}": ("% of generated", None, "max") for n in list(FUNNEL_SETS.values())[:3]},
+    **{f"outside_top100_prototypes{n}": ("% of A&B&C survivors", None, "max") for n in list(FUNNEL_SETS.values())[:3]},
 }
 
 
