@@ -152,12 +152,79 @@ def _match_one(args):
     return None if r is None else float(r[0])
 
 
-def csp_metrics(preds, gts, workers=2):
+def csp_rms(preds, gts, workers=2) -> list[float | None]:
+    """Per composition: the matched RMS distance, None where the sample does not match its ground truth."""
     with ProcessPoolExecutor(workers) as ex:
-        rms = list(ex.map(_match_one, zip(preds, gts), chunksize=32))
+        return list(ex.map(_match_one, zip(preds, gts), chunksize=32))
+
+
+def csp_metrics(preds, gts, workers=2, rms=None):
+    rms = csp_rms(preds, gts, workers) if rms is None else rms
     m = [r for r in rms if r is not None]
     return {"csp_match_rate_1": round(100 * len(m) / len(gts), 2), "csp_rmse_1": round(float(np.mean(m)), 4)
             if m else None, "csp_n": len(gts)}
+
+
+def prototype_key(s) -> str:
+    """A coarse prototype: anonymous formula and space group (spglib, symprec 0.1); Wyckoff sites are ignored."""
+    from qadb.chem import symmetry_info
+
+    info = symmetry_info(s)
+    return f"{s.composition.anonymized_formula}|{info.number if info else 0}"
+
+
+PROTO_BINS = ((0, 0), (1, 4), (5, 19), (20, 99), (100, None))
+PROTO_FINE_EDGES = (0, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233)  # finer bins for the data-scaling estimate
+MP20_TRAIN_ROWS = 27136  # MP-20's training split, absent here (../shared/data/mp_20_mattergen_cache/README.md)
+
+
+def _bin_rates(counts: np.ndarray, hit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fine count bin of each composition, and each bin's match rate (an empty bin takes the rate below it)."""
+    b = np.digitize(counts, PROTO_FINE_EDGES) - 1
+    rate, last = [], np.nan
+    for i in range(len(PROTO_FINE_EDGES)):
+        last = hit[b == i].mean() if (b == i).any() else last
+        rate.append(last)
+    return b, np.array(rate)
+
+
+def csp_by_prototype(rms, gts, train_structs, workers=2, train_sources=None) -> dict:
+    """CSP match rate against how often the test crystal's prototype occurs in training: separates what the
+    model has not seen (data) from what it has seen but misses (model). With `train_sources`, also a rough
+    estimate of the rate had MP-20's own training crystals been there: every prototype's count among the MP-20
+    crystals scaled by their missing share, each fine count bin keeping its measured rate (a floor: the model is
+    assumed no better per bin)."""
+    with ProcessPoolExecutor(workers) as ex:
+        train_keys = list(ex.map(prototype_key, train_structs, chunksize=256))
+        keys = list(ex.map(prototype_key, gts, chunksize=256))
+    counts = defaultdict(int)
+    for k in train_keys:
+        counts[k] += 1
+    hit = np.array([r is not None for r in rms])
+    c = np.array([counts.get(k, 0) for k in keys])
+    rows = {}
+    for lo, hi in PROTO_BINS:
+        sel = (c >= lo) & (c <= (hi if hi is not None else c.max()))
+        rows[f"{lo}" if lo == hi else f"{lo}+" if hi is None else f"{lo}-{hi}"] = {
+            "n": int(sel.sum()), "pct_of_test": round(100 * float(sel.mean()), 1),
+            "match_rate": round(100 * float(hit[sel].mean()), 1) if sel.any() else None}
+    res = {"definition": "prototype = anonymous formula + space group (spglib, symprec 0.1); bins = its number of "
+                         f"occurrences among the {len(train_structs)} training crystals",
+           "seen_pct": round(100 * float((c > 0).mean()), 1), "by_train_count": rows}
+    if train_sources is not None:
+        mp = [k for k, src in zip(train_keys, train_sources) if src.startswith("mp20")]
+        rng = np.random.default_rng(0)
+        res["seen_pct_by_mp20_crystals"] = {
+            n: round(100 * float(np.mean([k in set(rng.choice(mp, n, replace=False)) for k in keys])), 1)
+            for n in sorted({len(mp) // 8, len(mp) // 4, len(mp) // 2, len(mp)} - {0})}
+        n_mp = defaultdict(int)
+        for k in mp:
+            n_mp[k] += 1
+        scaled = c + np.array([n_mp.get(k, 0) for k in keys]) * MP20_TRAIN_ROWS / len(mp)
+        _, rate = _bin_rates(c, hit)
+        b_new, _ = _bin_rates(scaled, hit)
+        res["match_rate_if_mp20_train_added_estimate"] = round(100 * float(np.mean(rate[b_new])), 1)
+    return res
 
 
 def _best_of_k(args):
@@ -459,9 +526,13 @@ def main(argv=None):
     if a.npz_csp:
         d = np.load(a.npz_csp)
         preds = _structs(d, "csp", n_csp)
-        res.update(csp_metrics(preds, test_all[: len(preds)], a.workers))
+        rms = csp_rms(preds, test_all[: len(preds)], a.workers)
+        res.update(csp_metrics(preds, test_all[: len(preds)], rms=rms))
         res["csp_meta"] = json.loads(str(d["meta_json"]))
         print("csp", {k: res[k] for k in ("csp_match_rate_1", "csp_rmse_1", "csp_n")}, flush=True)
+        res["csp_by_prototype"] = csp_by_prototype(rms, test_all[: len(preds)], train_structs, a.workers,
+                                                   blob["train"].get("source"))
+        print("csp by prototype", res["csp_by_prototype"]["by_train_count"], flush=True)
     if a.npz_sweep:
         d = np.load(a.npz_sweep)
         meta = json.loads(str(d["meta_json"]))
