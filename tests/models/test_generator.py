@@ -332,7 +332,7 @@ def test_cli_csp_candidates_ranked_by_mlip(tmp_path, embedded_uri):
     (["--condition", "Q=1"], "unknown condition"),
     (["--condition", "C=abc"], "not a number"),
     (["--chemsys", "Li-Xx"], "unknown element"),
-    (["--mode", "csp", "--composition", "Xx2O"], "unknown element"),
+    (["--mode", "csp", "--composition", "Xx2O"], "unknown element 'Xx' in composition"),
     (["--mode", "csp"], "needs --composition"),
     (["--guidance", "C=2"], "without a --condition"),
     (["--checkpoint", "CORRUPT"], "corrupt"),

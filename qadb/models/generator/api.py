@@ -32,7 +32,7 @@ def _composition_types(composition) -> list[int]:
     zs = []
     for el, amt in comp.items():
         if not isinstance(el, Element) or not 1 <= el.Z <= N_TYPES:
-            raise InputError(f"unknown element {str(el)!r} in composition {composition!r}")
+            raise InputError(f"unknown element {getattr(el, 'symbol', str(el))!r} in composition {composition!r}")
         if abs(amt - round(amt)) > 1e-6:
             raise InputError(f"composition {composition!r} needs integer site counts")
         zs += [el.Z] * int(round(amt))
