@@ -506,6 +506,12 @@ def main(argv=None):
     ap.add_argument("--funnel-ref", type=int, default=FUNNEL_REF_N,
                     help="training crystals whose frameworks give the top-100 prototypes")
     a = ap.parse_args(argv)
+    inputs = [a.npz_csp, a.npz_gen, a.npz_sweep, a.npz_csp_k, a.sun, *(x.split("=", 1)[-1] for x in a.ablation)]
+    if any([a.npz_csp, a.npz_gen, a.npz_sweep, a.npz_csp_k, a.ablation]):
+        inputs.append(a.data)
+    missing = [x for x in inputs if x and not Path(x).is_file()]
+    if missing:
+        sys.exit(f"error: input file not found: {', '.join(missing)}")
     global COV_REF
     COV_REF = a.cov_ref
     t0 = time.time()

@@ -43,3 +43,10 @@ def test_csp_by_prototype_data_scaling_estimate_uses_the_measured_bin_rates():
     # unseen CsCl crystal stays unseen (0 %)
     assert r["match_rate_if_mp20_train_added_estimate"] == 50.0
     assert r["seen_pct_by_mp20_crystals"] == {1: 50.0}
+
+
+def test_missing_input_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        gen_bench.main(["--npz-csp", str(tmp_path / "none.npz"), "--out", str(tmp_path / "o.json")])
+    assert "input file not found" in str(exc.value.code) and "none.npz" in str(exc.value.code)
+    assert not (tmp_path / "o.json").exists()

@@ -84,7 +84,8 @@ def _keep_lowest(structs: list, n: int, mlip: str, device: str) -> tuple[list, d
 @click.option("--checkpoint", "ckpt", type=click.Path(path_type=Path), default=Path("generator.pt"),
               show_default=True, help="Inference checkpoint written at the end.")
 @click.option("--log", type=click.Path(path_type=Path), default=Path("train_logs/generator.jsonl"), show_default=True)
-@click.option("--minutes", type=float, default=8.0, show_default=True, help="Wall-clock budget of this call.")
+@click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=8.0, show_default=True,
+              help="Wall-clock budget of this call.")
 @click.option("--max-steps", type=int, default=0, help="Stop after this many steps (0: time budget only).")
 @click.option("--batch-size", type=int, default=None)
 @click.option("--lr", type=float, default=None)

@@ -355,6 +355,28 @@ def test_cli_sample_bad_input_one_line(tmp_path, monkeypatch, capsys, args, msg)
     assert len(lines) == 1 and lines[0].startswith("error:") and msg in lines[0], err
 
 
+@pytest.mark.parametrize("content, msg", [
+    (b"not a torch file", "is not a generator tensor file"),
+    ("NOT_A_BLOB", "no 'train' crystals or 'meta_json'"),
+])
+def test_cli_train_generator_bad_data_one_line(tmp_path, monkeypatch, capsys, content, msg):
+    from qadb.cli import main
+
+    monkeypatch.setenv("QADB_HOME", str(tmp_path))
+    data = tmp_path / "d.pt"
+    if content == "NOT_A_BLOB":
+        torch.save({"a": torch.zeros(2)}, data)
+    else:
+        data.write_bytes(content)
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "generator", "--no-register", "--data", str(data), "--state", str(tmp_path / "st.pt"),
+              "--checkpoint", str(tmp_path / "g.pt"), "--device", "cpu"])
+    assert exc.value.code != 0
+    lines = [ln for ln in capsys.readouterr().err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and msg in lines[0], lines
+    assert not (tmp_path / "st.pt").exists() and not (tmp_path / "g.pt").exists()
+
+
 def test_cli_train_generator_smoke_from_store(tmp_path, embedded_uri):
     pytest.importorskip("pymatgen")
     from qadb.models.generator import DEFAULT_CHECKPOINT

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qadb.errors import InputError
 from qadb.models.generator.checkpoint import STATE_KIND, FORMAT_VERSION, make_checkpoint, read_raw
 from qadb.models.generator.conditions import N_TYPES, PROP_NORM, PROPS
 from qadb.models.generator.diffusion import Schedules, wrapped_normal_score
@@ -165,6 +166,20 @@ def num_atoms_hist(num_atoms: torch.Tensor, max_atoms: int = 20) -> torch.Tensor
 
 
 # ----------------------------------------------------------------------------------------------- loop
+def load_training_data(data: str) -> dict:
+    """The tensor file written by `prepare` or `store_data` (plain tensors, so `weights_only`); anything else is an
+    `InputError` naming the file, not a traceback from deep inside torch."""
+    try:
+        blob = torch.load(data, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise InputError(f"training data {data} not found") from None
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds on a foreign file
+        raise InputError(f"training data {data} is not a generator tensor file ({type(e).__name__})") from None
+    if not isinstance(blob, dict) or not {"train", "meta_json"} <= set(blob) or "num_atoms" not in blob["train"]:
+        raise InputError(f"training data {data} is not a generator tensor file (no 'train' crystals or 'meta_json')")
+    return blob
+
+
 def train(data: str, state: str, ckpt: str | None = None, log: str | None = None, minutes: float = 8.0,
           max_steps: int = 0, seed: int = 0, device: str | None = None, run_name: str = "",
           ckpt_dtype: str = "float32", **overrides) -> dict:
@@ -174,7 +189,7 @@ def train(data: str, state: str, ckpt: str | None = None, log: str | None = None
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    blob = torch.load(data, map_location="cpu", weights_only=True)
+    blob = load_training_data(data)
     meta = json.loads(blob["meta_json"])
     cfg = dict(DEFAULTS)
     resumed = None
@@ -329,7 +344,7 @@ def probe_throughput(data: str, sizes=(256, 1024, 2048), steps: int = 25, device
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-    blob = torch.load(data, map_location="cpu", weights_only=True)
+    blob = load_training_data(data)
     d = CrystalData(blob["train"], dev)
     model, sched = CrystalDenoiser().to(dev), Schedules().to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -354,7 +369,7 @@ def probe_throughput(data: str, sizes=(256, 1024, 2048), steps: int = 25, device
 
 def training_elements(data: str) -> list[int]:
     """Atomic numbers present in the training crystals of a tensor file."""
-    blob = torch.load(data, map_location="cpu", weights_only=True)
+    blob = load_training_data(data)
     return torch.unique(blob["train"]["types"]).tolist()
 
 
