@@ -178,14 +178,18 @@ PROTO_FINE_EDGES = (0, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233)  # finer bin
 MP20_TRAIN_ROWS = 27136  # MP-20's training split, absent here (../shared/data/mp_20_mattergen_cache/README.md)
 
 
-def _bin_rates(counts: np.ndarray, hit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Fine count bin of each composition, and each bin's match rate (an empty bin takes the rate below it)."""
-    b = np.digitize(counts, PROTO_FINE_EDGES) - 1
+def _fine_bin(counts: np.ndarray) -> np.ndarray:
+    return np.digitize(counts, PROTO_FINE_EDGES) - 1
+
+
+def _bin_rates(counts: np.ndarray, hit: np.ndarray) -> np.ndarray:
+    """Each fine count bin's match rate (an empty bin takes the rate below it)."""
+    b = _fine_bin(counts)
     rate, last = [], np.nan
     for i in range(len(PROTO_FINE_EDGES)):
         last = hit[b == i].mean() if (b == i).any() else last
         rate.append(last)
-    return b, np.array(rate)
+    return np.array(rate)
 
 
 def csp_by_prototype(rms, gts, train_structs, workers=2, train_sources=None) -> dict:
@@ -214,16 +218,17 @@ def csp_by_prototype(rms, gts, train_structs, workers=2, train_sources=None) -> 
     if train_sources is not None:
         mp = [k for k, src in zip(train_keys, train_sources) if src.startswith("mp20")]
         rng = np.random.default_rng(0)
-        res["seen_pct_by_mp20_crystals"] = {
-            n: round(100 * float(np.mean([k in set(rng.choice(mp, n, replace=False)) for k in keys])), 1)
-            for n in sorted({len(mp) // 8, len(mp) // 4, len(mp) // 2, len(mp)} - {0})}
+        seen = {}
+        for n in sorted({len(mp) // 8, len(mp) // 4, len(mp) // 2, len(mp)} - {0}):
+            subset = set(rng.choice(mp, n, replace=False))  # one random subset of n MP-20 crystals per size
+            seen[n] = round(100 * float(np.mean([k in subset for k in keys])), 1)
+        res["seen_pct_by_mp20_crystals"] = seen
         n_mp = defaultdict(int)
         for k in mp:
             n_mp[k] += 1
         scaled = c + np.array([n_mp.get(k, 0) for k in keys]) * MP20_TRAIN_ROWS / len(mp)
-        _, rate = _bin_rates(c, hit)
-        b_new, _ = _bin_rates(scaled, hit)
-        res["match_rate_if_mp20_train_added_estimate"] = round(100 * float(np.mean(rate[b_new])), 1)
+        rate = _bin_rates(c, hit)
+        res["match_rate_if_mp20_train_added_estimate"] = round(100 * float(np.mean(rate[_fine_bin(scaled)])), 1)
     return res
 
 
