@@ -53,6 +53,25 @@ def _structs(d, prefix, n=None):
                          torch.as_tensor(d[f"{prefix}_lattice"][: len(na)]), na)
 
 
+def csp_reference(pairs: list[str], test_all: list, workers: int = 2) -> dict:
+    """CSP match of other models' samples (NAME=npz), each on its first-N test compositions and on the prefix that
+    all share, so that runs of different sizes are compared on the same compositions."""
+    rms, meta = {}, {}
+    for pair in pairs:
+        name, path = pair.split("=", 1)
+        d = np.load(path)
+        preds = _structs(d, "csp")
+        rms[name] = csp_rms(preds, test_all[: len(preds)], workers)
+        meta[name] = json.loads(str(d["meta_json"]))
+    common = min(len(r) for r in rms.values())
+    out = {}
+    for name, r in rms.items():
+        out[name] = {**csp_metrics(None, test_all[: len(r)], rms=r), "meta": meta[name],
+                     f"first_{common}": csp_metrics(None, test_all[:common], rms=r[:common])}
+        print("reference", name, {k: v for k, v in out[name].items() if k != "meta"}, flush=True)
+    return out
+
+
 def split_structs(t, n=None):
     na = t["num_atoms"].long()
     if n is not None:
@@ -491,6 +510,9 @@ def main(argv=None):
                     "MLIP's energy (e.g. chgnet)")
     ap.add_argument("--cov-ref", type=int, default=1000, help="reference test crystals for COV-R/P (0: skip)")
     ap.add_argument("--ablation", nargs="*", default=[], help="NAME=npz pairs (csp_ + gen_ keys) to compare")
+    ap.add_argument("--reference", nargs="*", default=[],
+                    help="NAME=npz: CSP samples of another model (e.g. DiffCSP from bench/_diffcsp_ref.py) scored on "
+                         "the same test compositions, into details.csp_reference")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--cpu-sample", type=int, default=0)
     ap.add_argument("--cpu-steps", type=int, default=None, help="default: the checkpoint's default steps")
@@ -511,8 +533,9 @@ def main(argv=None):
     ap.add_argument("--funnel-ref", type=int, default=FUNNEL_REF_N,
                     help="training crystals whose frameworks give the top-100 prototypes")
     a = ap.parse_args(argv)
-    inputs = [a.npz_csp, a.npz_gen, a.npz_sweep, a.npz_csp_k, a.sun, *(x.split("=", 1)[-1] for x in a.ablation)]
-    if any([a.npz_csp, a.npz_gen, a.npz_sweep, a.npz_csp_k, a.ablation]):
+    inputs = [a.npz_csp, a.npz_gen, a.npz_sweep, a.npz_csp_k, a.sun,
+              *(x.split("=", 1)[-1] for x in a.ablation + a.reference)]
+    if any([a.npz_csp, a.npz_gen, a.npz_sweep, a.npz_csp_k, a.ablation, a.reference]):
         inputs.append(a.data)
     missing = [x for x in inputs if x and not Path(x).is_file()]
     if missing:
@@ -525,7 +548,7 @@ def main(argv=None):
     n_csp = 500 if a.quick else None
     n_gen = 200 if a.quick else None
     res = {"quick": a.quick, "split": "MP-20 test (held out)"}
-    if not (a.npz_csp or a.npz_gen or a.ablation or a.npz_csp_k or a.npz_sweep):
+    if not (a.npz_csp or a.npz_gen or a.ablation or a.npz_csp_k or a.npz_sweep or a.reference):
         test_all, train_by_formula = [], {}
     else:
         test_all = split_structs(blob["test"])
@@ -544,6 +567,8 @@ def main(argv=None):
         res["csp_by_prototype"] = csp_by_prototype(rms, test_all[: len(preds)], train_structs, a.workers,
                                                    blob["train"].get("source"))
         print("csp by prototype", res["csp_by_prototype"]["by_train_count"], flush=True)
+    if a.reference:
+        res["csp_reference"] = csp_reference(a.reference, test_all, a.workers)
     if a.npz_sweep:
         d = np.load(a.npz_sweep)
         meta = json.loads(str(d["meta_json"]))

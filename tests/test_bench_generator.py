@@ -50,3 +50,25 @@ def test_missing_input_is_one_line(tmp_path, capsys):
         gen_bench.main(["--npz-csp", str(tmp_path / "none.npz"), "--out", str(tmp_path / "o.json")])
     assert "input file not found" in str(exc.value.code) and "none.npz" in str(exc.value.code)
     assert not (tmp_path / "o.json").exists()
+
+
+def _npz(path, structs, meta):
+    import json
+
+    import numpy as np
+
+    np.savez(path, csp_z=np.array([site.specie.Z for s in structs for site in s]),
+             csp_frac=np.concatenate([s.frac_coords for s in structs]),
+             csp_lattice=np.stack([s.lattice.matrix for s in structs]),
+             csp_num_atoms=np.array([len(s) for s in structs]), meta_json=json.dumps(meta))
+
+
+def test_csp_reference_scores_each_model_on_the_shared_prefix(tmp_path):
+    test = [_rocksalt("Mg", "O", 4.2), _rocksalt("Li", "F", 4.0), _cscl("Cs", "Cl", 4.1)]
+    wrong = _cscl("Li", "F", 2.5)  # LiF in the CsCl structure: not rocksalt
+    _npz(tmp_path / "a.npz", test, {"model": "a"})
+    _npz(tmp_path / "b.npz", [test[0], wrong], {"model": "b"})
+    r = gen_bench.csp_reference([f"a={tmp_path / 'a.npz'}", f"b={tmp_path / 'b.npz'}"], test, workers=1)
+    assert r["a"]["csp_match_rate_1"] == 100.0 and r["a"]["csp_n"] == 3 and r["a"]["meta"] == {"model": "a"}
+    assert r["a"]["first_2"]["csp_match_rate_1"] == 100.0
+    assert r["b"]["csp_match_rate_1"] == 50.0 and r["b"]["first_2"]["csp_n"] == 2
