@@ -153,7 +153,8 @@ def train(data: str, state: str, log: str, minutes: float, seed: int, batch_size
 
     t_start = time.time()
     torch.manual_seed(seed)
-    d = torch.load(data, weights_only=True)["train"]
+    blob = torch.load(data, weights_only=True)
+    d = blob["train"]
     n = len(d["num_atoms"])
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(0)).tolist()
     n_val = int(round(val_frac * n))
@@ -205,7 +206,7 @@ def train(data: str, state: str, log: str, minutes: float, seed: int, batch_size
     torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "epoch": epoch,
                 "step": step}, state)
     rec = {"run": "diffcsp-ref", "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "config": cfg, "seed": seed,
-           "data": torch.load(data, weights_only=True)["source"], "steps": [start_step, step], "epoch": epoch,
+           "data": blob["source"], "steps": [start_step, step], "epoch": epoch,
            "wall_s": round(time.time() - t_start, 1),
            "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
            "history": hist}
@@ -254,6 +255,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--chunk", type=int, default=2000)
     ap.add_argument("--device", default="cuda")
     a = ap.parse_args(argv)
+    if not os.path.isfile(a.data):
+        sys.exit(f"error: input file not found: {a.data}")
     if a.cmd != "prepare" and not os.path.isdir(os.path.join(SRC, "diffcsp")):
         sys.exit(f"error: DiffCSP's code not found in {SRC} (see this file's docstring for the setup)")
     if a.cmd == "prepare":

@@ -535,7 +535,8 @@ def main(argv=None):
     a = ap.parse_args(argv)
     inputs = [a.npz_csp, a.npz_gen, a.npz_sweep, a.npz_csp_k, a.sun,
               *(x.split("=", 1)[-1] for x in a.ablation + a.reference)]
-    if any([a.npz_csp, a.npz_gen, a.npz_sweep, a.npz_csp_k, a.ablation, a.reference]):
+    scores_samples = any([a.npz_csp, a.npz_gen, a.npz_sweep, a.npz_csp_k, a.ablation, a.reference])
+    if scores_samples:
         inputs.append(a.data)
     missing = [x for x in inputs if x and not Path(x).is_file()]
     if missing:
@@ -548,7 +549,7 @@ def main(argv=None):
     n_csp = 500 if a.quick else None
     n_gen = 200 if a.quick else None
     res = {"quick": a.quick, "split": "MP-20 test (held out)"}
-    if not (a.npz_csp or a.npz_gen or a.ablation or a.npz_csp_k or a.npz_sweep or a.reference):
+    if not scores_samples:
         test_all, train_by_formula = [], {}
     else:
         test_all = split_structs(blob["test"])

@@ -1,8 +1,10 @@
 """bench/generator.py's CSP breakdown by prototype: the counts and rates it reports come from the inputs."""
 
+import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
@@ -53,10 +55,6 @@ def test_missing_input_is_one_line(tmp_path, capsys):
 
 
 def _npz(path, structs, meta):
-    import json
-
-    import numpy as np
-
     np.savez(path, csp_z=np.array([site.specie.Z for s in structs for site in s]),
              csp_frac=np.concatenate([s.frac_coords for s in structs]),
              csp_lattice=np.stack([s.lattice.matrix for s in structs]),
