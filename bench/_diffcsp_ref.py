@@ -15,6 +15,7 @@ Setup (ignored folder `.gen_scratch/diffcsp_ref/`):
 Run:
     python bench/_diffcsp_ref.py prepare --data .gen_scratch/gen_data.pt --out ref_data.pt   # pymatgen: Niggli cells
     python bench/_diffcsp_ref.py train --data ref_data.pt --state S --log L --minutes 8      # GPU; resumes from S
+    python bench/_diffcsp_ref.py weights --state S --out W       # weights only: carried to resume with a fresh Adam
     python bench/_diffcsp_ref.py sample --data ref_data.pt --state S --n 1000 --out csp.npz
     python bench/generator.py --data .gen_scratch/gen_data.pt --npz-csp csp.npz --out ref.json
 
@@ -163,19 +164,22 @@ def train(data: str, state: str, log: str, minutes: float, seed: int, batch_size
     model = model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.6, patience=30, min_lr=1e-4)
-    epoch, step, hist = 0, 0, []
+    epoch, step, hist, adam_restart = 0, 0, [], False
     if os.path.exists(state):
         st = torch.load(state, map_location=device, weights_only=True)
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["opt"])
-        sched.load_state_dict(st["sched"])
+        model.load_state_dict({k: v.float() for k, v in st["model"].items()})
         epoch, step = st["epoch"], st["step"]
+        if "opt" in st:
+            opt.load_state_dict(st["opt"])
+            sched.load_state_dict(st["sched"])
+        else:  # weights only (a full state is too large to carry to a cold GPU machine): fresh Adam and LR plateau
+            adam_restart = True
     start_step = step
     loader = DataLoader(tr, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed),
                         num_workers=4 if device == "cuda" else 0, persistent_workers=device == "cuda")
     vloader = DataLoader(val, batch_size=512)
     print(f"params {sum(p.numel() for p in model.parameters()):,}; train {len(tr)} val {len(val)}; "
-          f"resume epoch {epoch} step {step}", flush=True)
+          f"resume epoch {epoch} step {step}{' (fresh optimiser)' if adam_restart else ''}", flush=True)
     budget = minutes * 60 - (time.time() - t_start)
     t0 = time.time()
     while time.time() - t0 < budget:
@@ -206,7 +210,7 @@ def train(data: str, state: str, log: str, minutes: float, seed: int, batch_size
     torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "epoch": epoch,
                 "step": step}, state)
     rec = {"run": "diffcsp-ref", "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "config": cfg, "seed": seed,
-           "data": blob["source"], "steps": [start_step, step], "epoch": epoch,
+           "data": blob["source"], "steps": [start_step, step], "epoch": epoch, "adam_restart": adam_restart,
            "wall_s": round(time.time() - t_start, 1),
            "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
            "history": hist}
@@ -242,10 +246,16 @@ def sample(data: str, state: str, n: int, out: str, chunk: int = 2000, seed: int
     print(meta, flush=True)
 
 
+def weights(state: str, out: str) -> None:
+    """The model weights of a training state (a third of its size): enough to sample or to resume with a new Adam."""
+    st = torch.load(state, map_location="cpu", weights_only=True)
+    torch.save({k: st[k] for k in ("model", "epoch", "step")}, out)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("cmd", choices=["prepare", "train", "sample"])
-    ap.add_argument("--data", required=True)
+    ap.add_argument("cmd", choices=["prepare", "train", "sample", "weights"])
+    ap.add_argument("--data")
     ap.add_argument("--out")
     ap.add_argument("--state")
     ap.add_argument("--log")
@@ -255,11 +265,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--chunk", type=int, default=2000)
     ap.add_argument("--device", default="cuda")
     a = ap.parse_args(argv)
-    if not os.path.isfile(a.data):
-        sys.exit(f"error: input file not found: {a.data}")
-    if a.cmd != "prepare" and not os.path.isdir(os.path.join(SRC, "diffcsp")):
+    for attr in ("data", "out", "state", "log"):  # DiffCSP's common/utils.py changes directory when imported
+        if getattr(a, attr):
+            setattr(a, attr, os.path.abspath(getattr(a, attr)))
+    for path in (a.state,) if a.cmd == "weights" else (a.data,):
+        if not path or not os.path.isfile(path):
+            sys.exit(f"error: input file not found: {path}")
+    if a.cmd in ("train", "sample") and not os.path.isdir(os.path.join(SRC, "diffcsp")):
         sys.exit(f"error: DiffCSP's code not found in {SRC} (see this file's docstring for the setup)")
-    if a.cmd == "prepare":
+    if a.cmd == "weights":
+        weights(a.state, a.out)
+    elif a.cmd == "prepare":
         prepare(a.data, a.out)
     elif a.cmd == "train":
         train(a.data, a.state, a.log, a.minutes, a.seed, device=a.device)

@@ -53,9 +53,24 @@ def _structs(d, prefix, n=None):
                          torch.as_tensor(d[f"{prefix}_lattice"][: len(na)]), na)
 
 
-def csp_reference(pairs: list[str], test_all: list, workers: int = 2) -> dict:
+def paired_matches(ours: list, theirs: list) -> dict:
+    """Two models on the same compositions: who matched where, and McNemar's exact two-sided p on the discordant ones
+    (a difference in match rate means little if the disagreements split evenly)."""
+    a = [r is not None for r in ours]
+    b = [r is not None for r in theirs[: len(a)]]
+    a = a[: len(b)]
+    only_a = sum(x and not y for x, y in zip(a, b))
+    only_b = sum(y and not x for x, y in zip(a, b))
+    k, n = min(only_a, only_b), only_a + only_b
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
+    return {"n": len(a), "both": sum(x and y for x, y in zip(a, b)), "only_this": only_a, "only_reference": only_b,
+            "mcnemar_p": round(p, 4)}
+
+
+def csp_reference(pairs: list[str], test_all: list, workers: int = 2, own_rms: list | None = None) -> dict:
     """CSP match of other models' samples (NAME=npz), each on its first-N test compositions and on the prefix that
-    all share, so that runs of different sizes are compared on the same compositions."""
+    all share, so that runs of different sizes are compared on the same compositions; with `own_rms` (this
+    generator's per-composition result) also the paired comparison."""
     rms, meta = {}, {}
     for pair in pairs:
         name, path = pair.split("=", 1)
@@ -68,6 +83,8 @@ def csp_reference(pairs: list[str], test_all: list, workers: int = 2) -> dict:
     for name, r in rms.items():
         out[name] = {**csp_metrics(None, test_all[: len(r)], rms=r), "meta": meta[name],
                      f"first_{common}": csp_metrics(None, test_all[:common], rms=r[:common])}
+        if own_rms is not None:
+            out[name]["paired_with_this"] = paired_matches(own_rms, r)
         print("reference", name, {k: v for k, v in out[name].items() if k != "meta"}, flush=True)
     return out
 
@@ -569,7 +586,7 @@ def main(argv=None):
                                                    blob["train"].get("source"))
         print("csp by prototype", res["csp_by_prototype"]["by_train_count"], flush=True)
     if a.reference:
-        res["csp_reference"] = csp_reference(a.reference, test_all, a.workers)
+        res["csp_reference"] = csp_reference(a.reference, test_all, a.workers, rms if a.npz_csp else None)
     if a.npz_sweep:
         d = np.load(a.npz_sweep)
         meta = json.loads(str(d["meta_json"]))

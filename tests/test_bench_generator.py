@@ -70,3 +70,11 @@ def test_csp_reference_scores_each_model_on_the_shared_prefix(tmp_path):
     assert r["a"]["csp_match_rate_1"] == 100.0 and r["a"]["csp_n"] == 3 and r["a"]["meta"] == {"model": "a"}
     assert r["a"]["first_2"]["csp_match_rate_1"] == 100.0
     assert r["b"]["csp_match_rate_1"] == 50.0 and r["b"]["first_2"]["csp_n"] == 2
+
+
+def test_paired_matches_counts_discordant_compositions_and_mcnemar_p():
+    ours = [0.1, None, 0.2, 0.3, None, 0.1]
+    theirs = [0.1, 0.2, None, None, None, None, 0.5]  # longer: only the shared prefix counts
+    r = gen_bench.paired_matches(ours, theirs)
+    assert r == {"n": 6, "both": 1, "only_this": 3, "only_reference": 1, "mcnemar_p": 0.625}
+    assert gen_bench.paired_matches([None], [None])["mcnemar_p"] == 1.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -443,3 +444,31 @@ def test_sampled_left_handed_cells_become_right_handed_with_the_same_atoms():
     d = np.linalg.solve(left.lattice.matrix.T, (left.cart_coords - cart_in).T).T
     assert np.allclose(d, np.round(d), atol=1e-9)
     assert np.allclose(right.cart_coords, frac[2:].numpy() @ lat[1].numpy())
+
+
+def test_dropout_acts_in_training_only():
+    torch.manual_seed(0)
+    model = CrystalDenoiser(hidden=32, layers=2, n_freq=4, dropout=0.5).double()
+    args = _batch()
+    na, types, frac, lat, props, pmask, chemsys, mode = args
+    args = (na, types, frac.double(), lat.double(), props.double(), pmask, chemsys.double(), mode)
+    model.train()
+    assert not torch.allclose(_run(model, *args)[1], _run(model, *args)[1])
+    model.eval()
+    assert torch.equal(_run(model, *args)[1], _run(model, *args)[1])
+    assert model.config["dropout"] == 0.5
+
+
+def test_export_from_a_state_written_before_dropout_existed(tmp_path):
+    from qadb.models.generator.train import export_checkpoint
+
+    state = Path(__file__).resolve().parents[2] / "qadb/data/checkpoints/generator_train_state.pt"
+    if not state.exists():
+        pytest.skip("committed training state not present")
+    raw = torch.load(state, map_location="cpu", weights_only=True)
+    assert "dropout" not in json.loads(raw["config_json"])
+    export_checkpoint(str(state), str(tmp_path / "g.pt"))
+    g = load_checkpoint(tmp_path / "g.pt")
+    assert g.model.config["dropout"] == 0.0
+    ema = raw["ema"]
+    assert all(torch.equal(v.float(), ema[k].float()) for k, v in g.model.state_dict().items())

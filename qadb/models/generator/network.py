@@ -68,7 +68,7 @@ def grow_fourier(tensors: dict, old: int, new: int) -> dict:
 
 
 class Layer(nn.Module):
-    def __init__(self, h: int, n_fourier: int):
+    def __init__(self, h: int, n_fourier: int, dropout: float = 0.0):
         super().__init__()
         self.ln = nn.LayerNorm(h)
         self.w_src = nn.Linear(h, h)
@@ -77,21 +77,22 @@ class Layer(nn.Module):
         self.edge_out = nn.Sequential(nn.SiLU(), nn.Linear(h, h), nn.SiLU())
         self.node = nn.Sequential(nn.Linear(2 * h, h), nn.SiLU(), nn.Linear(h, h))
         self.film = nn.Linear(h, h)
+        self.drop = nn.Dropout(dropout)  # on the residual update: a regulariser against over-fitting small data
 
     def forward(self, h, src, dst, geo_e, gram_e, cond_node):
         x = self.ln(h) + self.film(cond_node)
         m = self.w_src(x)[src] + self.w_dst(x)[dst] + self.w_geo(torch.cat([geo_e, gram_e], -1))
         m = self.edge_out(m)
         agg = scatter_mean(m, src, h.shape[0])
-        return h + self.node(torch.cat([x, agg], -1))
+        return h + self.drop(self.node(torch.cat([x, agg], -1)))
 
 
 class CrystalDenoiser(nn.Module):
     def __init__(self, hidden: int = 256, layers: int = 6, n_freq: int = 16, n_types: int = N_TYPES,
-                 n_props: int = len(PROPS), time_dim: int = 128):
+                 n_props: int = len(PROPS), time_dim: int = 128, dropout: float = 0.0):
         super().__init__()
         self.config = dict(hidden=hidden, layers=layers, n_freq=n_freq, n_types=n_types, n_props=n_props,
-                           time_dim=time_dim)
+                           time_dim=time_dim, dropout=dropout)
         h = hidden
         self.n_freq = n_freq
         self.type_in = nn.Linear(n_types, h)
@@ -104,7 +105,7 @@ class CrystalDenoiser(nn.Module):
         self.chemsys_null = nn.Parameter(torch.zeros(h))
         self.mode = nn.Embedding(2, h)
         self.cond_mix = nn.Sequential(nn.SiLU(), nn.Linear(h, h))
-        self.layers = nn.ModuleList([Layer(h, 6 * n_freq) for _ in range(layers)])
+        self.layers = nn.ModuleList([Layer(h, 6 * n_freq, dropout) for _ in range(layers)])
         self.ln_out = nn.LayerNorm(h)
         self.out_f = nn.Sequential(nn.Linear(h, h), nn.SiLU(), nn.Linear(h, 3))
         self.out_a = nn.Sequential(nn.Linear(h, h), nn.SiLU(), nn.Linear(h, n_types))

@@ -33,7 +33,7 @@ from qadb.models.generator.network import CrystalDenoiser, grow_fourier
 DEFAULTS = dict(hidden=256, layers=6, n_freq=16, T=1000, sigma_min=0.005, sigma_max=0.5, batch_size=256, lr=1e-3,
                 warmup=500, weight_decay=0.0, ema=0.999, grad_clip=1.0, gen_frac=0.5, p_drop=0.3, p_uncond=0.1,
                 p_chemsys=0.5, w_lattice=1.0, w_coord=1.0, w_type=20.0, lambda_c=0.0, val_frac=0.02, lr_decay="none",
-                lr_min=0.0)
+                lr_min=0.0, dropout=0.0)
 # lr_decay="cosine": within each call, lr goes from `lr` to `lr_min` along a half cosine over the call's budget
 # (wall-clock fraction, or step fraction when --max-steps is given); warm-up applies to the first steps only.
 
@@ -207,7 +207,7 @@ def train(data: str, state: str, ckpt: str | None = None, log: str | None = None
     val_idx, tr_idx = perm[:n_val].to(dev), perm[n_val:].to(dev)
     data_all = CrystalData(tr_all, dev)
     radii = tr_all["radii"].float().to(dev)
-    mcfg = dict(hidden=cfg["hidden"], layers=cfg["layers"], n_freq=cfg["n_freq"])
+    mcfg = dict(hidden=cfg["hidden"], layers=cfg["layers"], n_freq=cfg["n_freq"], dropout=cfg["dropout"])
     dcfg = dict(T=cfg["T"], sigma_min=cfg["sigma_min"], sigma_max=cfg["sigma_max"])
     model = CrystalDenoiser(**mcfg).to(dev)
     sched = Schedules(**dcfg).to(dev)
@@ -379,8 +379,8 @@ def export_checkpoint(state: str, ckpt: str, dtype: str = "float32", sampler: di
     checkpoint's default sampler settings (steps, step_lr, corrector); ``data`` (the training tensor file)
     gives the elements ab initio sampling may emit."""
     st = read_raw(state, STATE_KIND)
-    cfg = json.loads(st["config_json"])
-    mcfg = dict(hidden=cfg["hidden"], layers=cfg["layers"], n_freq=cfg["n_freq"])
+    cfg = {**DEFAULTS, **json.loads(st["config_json"])}  # states written before an option existed lack its key
+    mcfg = dict(hidden=cfg["hidden"], layers=cfg["layers"], n_freq=cfg["n_freq"], dropout=cfg["dropout"])
     dcfg = dict(T=cfg["T"], sigma_min=cfg["sigma_min"], sigma_max=cfg["sigma_max"])
     meta = json.loads(st["meta_json"])
     ck = make_checkpoint(mcfg, dcfg, st["ema"], st["radii"], st["num_atoms_hist"],
