@@ -191,6 +191,13 @@ def test_gpu_eval_conditions_single_joint_and_csp(tmp_path):
     assert meta["cond"] == {"mled": 9.0} and meta["cond_joint"] == {"mled": 9.0, "compactness": 0.7}
     assert json.loads(str(b["meta_json"]))["csp_cond"] == "E_hull=0"
     assert a["csp_lattice"].shape == (2, 3, 3) and not np.allclose(a["csp_lattice"], b["csp_lattice"])
+    # a strength for C alone: same seeds, so only the sets that guide C change
+    run(DEFAULT_CHECKPOINT, data, tmp_path / "c.npz", cond=("M_LED=9", "M_LED=9,C=0.7"), cond_guidance="C=3", **kw)
+    c = np.load(tmp_path / "c.npz")
+    assert np.allclose(a["gen_lattice"], c["gen_lattice"])
+    assert np.allclose(a["cond_mled_lattice"], c["cond_mled_lattice"])
+    assert not np.allclose(a["cond_joint_lattice"], c["cond_joint_lattice"])
+    assert json.loads(str(c["meta_json"]))["cond_guidance"] == "C=3"
 
 
 def test_lr_schedule_cosine():

@@ -57,9 +57,12 @@ def sweep(ckpt, data, out, n=1000, device=None, seed=0):
 
 def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed=0, device=None,
         cfg_targets=(0.45, 0.75), step_lr_csp=1e-5, step_lr_gen=1e-5, csp_k_n=0, csp_k=20,
-        corrector=True, type_noise=1.0, cond=(), cond_guidance=1.0, coord_noise=1.0, csp_cond="", csp_guidance=1.0):
+        corrector=True, type_noise=1.0, cond=(), cond_guidance: float | str = 1.0, coord_noise=1.0, csp_cond="",
+        csp_guidance=1.0):
     """`cond`: ("name=value", ...) each sampled `gen_n` times under CFG with `cond_guidance` (tag ``cond_<name>``),
-    to compare with the unconditioned ``gen`` samples of the same size (cfg_shift_<name>)."""
+    to compare with the unconditioned ``gen`` samples of the same size (cfg_shift_<name>). `cond_guidance` is one
+    strength for every property or "NAME=G[,NAME=G]" per property (others 1.0): under joint guidance one property's
+    branch can drown the other's."""
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dev == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -77,6 +80,9 @@ def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed
     def normalised(pairs: dict) -> dict:
         return {p: (v - g.prop_norm[p][0]) / g.prop_norm[p][1] for p, v in pairs.items()}
 
+    per_prop = parse(str(cond_guidance)) if "=" in str(cond_guidance) else {}
+    base_guidance = 1.0 if per_prop else float(cond_guidance)
+    cond_guidance = cond_guidance if per_prop else base_guidance
     cp = normalised(parse(csp_cond))
     csp_props = {"props": cp, "guidance": {p: csp_guidance for p in cp}} if cp else {}
     if csp_n:
@@ -147,7 +153,8 @@ def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed
         # "M_LED=9" samples one condition (tag cond_mled); "M_LED=9,C=0.7" guides both at once (cond_joint)
         pairs = parse(spec)
         tag = "cond_joint" if len(pairs) > 1 else f"cond_{next(iter(pairs))}"
-        gen(gen_n, props=normalised(pairs), guidance={p: cond_guidance for p in pairs}, tag=tag, sd=seed + 10 + k)
+        gen(gen_n, props=normalised(pairs), guidance={p: per_prop.get(p, base_guidance) for p in pairs}, tag=tag,
+            sd=seed + 10 + k)
         (joint if len(pairs) > 1 else conds).update(pairs)
     res["meta_json"] = np.array(json.dumps({"timing": timing, "cond": conds, "cond_joint": joint,
                                             "cond_guidance": cond_guidance, "steps": steps, "corrector": corrector,
@@ -158,6 +165,15 @@ def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed
                                                 torch.cuda.get_device_name() if dev == "cuda" else dev)}))
     np.savez_compressed(out, **res)
     return timing
+
+
+def guidance_arg(value: str) -> float | str:
+    """--cond-guidance: a number, or NAME=G[,NAME=G] with numeric G (argparse reports anything else in one line)."""
+    if "=" not in value:
+        return float(value)
+    for part in value.split(","):
+        float(part.partition("=")[2])
+    return value
 
 
 def main(argv=None):
@@ -183,7 +199,8 @@ def main(argv=None):
     ap.add_argument("--cond", nargs="*", default=[],
                     help="NAME=VALUE conditions, each sampled --gen-n times; NAME=V,NAME=V guides several at once "
                          "(tag cond_joint)")
-    ap.add_argument("--cond-guidance", type=float, default=1.0)
+    ap.add_argument("--cond-guidance", type=guidance_arg, default=1.0,
+                    help="G for every --cond property, or NAME=G[,NAME=G] per property (others 1.0)")
     ap.add_argument("--sweep", type=int, default=0, help="only the sampler sweep on the first N test compositions")
     a = ap.parse_args(argv)
     if a.sweep:
