@@ -456,8 +456,7 @@ def test_sampled_left_handed_cells_become_right_handed_with_the_same_atoms():
 def test_dropout_acts_in_training_only():
     torch.manual_seed(0)
     model = CrystalDenoiser(hidden=32, layers=2, n_freq=4, dropout=0.5).double()
-    args = _batch()
-    na, types, frac, lat, props, pmask, chemsys, mode = args
+    na, types, frac, lat, props, pmask, chemsys, mode = _batch()
     args = (na, types, frac.double(), lat.double(), props.double(), pmask, chemsys.double(), mode)
     model.train()
     assert not torch.allclose(_run(model, *args)[1], _run(model, *args)[1])

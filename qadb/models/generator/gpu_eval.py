@@ -55,6 +55,11 @@ def sweep(ckpt, data, out, n=1000, device=None, seed=0):
     return timing
 
 
+def parse(spec: str) -> dict:
+    """"M_LED=9,C=0.7" -> {prop: value} (ValueError on a pair without a number)"""
+    return {ALIASES.get(n, n): float(v) for n, v in (p.split("=") for p in spec.split(",") if p)}
+
+
 def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed=0, device=None,
         cfg_targets=(0.45, 0.75), step_lr_csp=1e-5, step_lr_gen=1e-5, csp_k_n=0, csp_k=20,
         corrector=True, type_noise=1.0, cond=(), cond_guidance: float | str = 1.0, coord_noise=1.0, csp_cond="",
@@ -73,16 +78,11 @@ def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed
     g = load_checkpoint(ckpt, device=dev)
     res, timing = {}, {}
 
-    def parse(spec: str) -> dict:
-        """"M_LED=9,C=0.7" -> {prop: raw value}"""
-        return {ALIASES.get(n, n): float(v) for n, v in (p.split("=") for p in spec.split(",") if p)}
-
     def normalised(pairs: dict) -> dict:
         return {p: (v - g.prop_norm[p][0]) / g.prop_norm[p][1] for p, v in pairs.items()}
 
     per_prop = parse(str(cond_guidance)) if "=" in str(cond_guidance) else {}
     base_guidance = 1.0 if per_prop else float(cond_guidance)
-    cond_guidance = cond_guidance if per_prop else base_guidance
     cp = normalised(parse(csp_cond))
     csp_props = {"props": cp, "guidance": {p: csp_guidance for p in cp}} if cp else {}
     if csp_n:
@@ -169,11 +169,10 @@ def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed
 
 def guidance_arg(value: str) -> float | str:
     """--cond-guidance: a number, or NAME=G[,NAME=G] with numeric G (argparse reports anything else in one line)."""
-    if "=" not in value:
-        return float(value)
-    for part in value.split(","):
-        float(part.partition("=")[2])
-    return value
+    if "=" in value:
+        parse(value)  # only to check it
+        return value
+    return float(value)
 
 
 def main(argv=None):
