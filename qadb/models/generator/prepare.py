@@ -155,19 +155,21 @@ def _split_rows(d: dict):
         yield types[ptr[i]:ptr[i + 1]], frac[ptr[i]:ptr[i + 1]], lattice[i].astype(float)
 
 
+def fill_mled_rows(d: dict, workers: int = 2) -> int:
+    """Compute the ``mled`` column of the packed crystals ``d`` in place; returns how many got a value."""
+    t0 = time.time()
+    with ProcessPoolExecutor(workers) as pool:
+        values = list(pool.map(_mled_one, _split_rows(d), chunksize=64))
+    d["props"][:, PROPS.index("mled")] = torch.tensor(values, dtype=torch.float32)
+    n = int(np.isfinite(values).sum())
+    print(f"M_LED for {n} of {len(values)} crystals, {time.time() - t0:.0f}s", flush=True)
+    return n
+
+
 def fill_mled(src: str, out: str, workers: int = 2) -> dict:
     """Copy of the tensor file `src` with the ``mled`` column computed for every training crystal."""
     blob = torch.load(src, map_location="cpu", weights_only=True)
-    j = PROPS.index("mled")
-    t0 = time.time()
-    coverage = {}
-    for split in ("train",):
-        d = blob[split]
-        with ProcessPoolExecutor(workers) as pool:
-            values = list(pool.map(_mled_one, _split_rows(d), chunksize=64))
-        d["props"][:, j] = torch.tensor(values, dtype=torch.float32)
-        coverage[split] = int(np.isfinite(values).sum())
-        print(f"{split}: M_LED for {coverage[split]} of {len(values)} crystals, {time.time() - t0:.0f}s", flush=True)
+    coverage = {"train": fill_mled_rows(blob["train"], workers)}
     meta = json.loads(blob["meta_json"])
     meta.update(train_hash=tensor_hash(blob["train"]), mled_coverage=coverage,
                 mled_filled_from=meta.get("train_hash"))

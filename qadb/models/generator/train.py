@@ -180,6 +180,17 @@ def load_training_data(data: str) -> dict:
     return blob
 
 
+def split_indices(n: int, n_real: int, val_frac: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed validation rows (for a loss curve only; the MP-20 test set is never used here) and training rows.
+
+    Validation is drawn from the first ``n_real`` rows, the crystals with real coordinates; reconstructed rows
+    (`qadb.models.generator.reconstruct`) come after them and are only trained on. With ``n_real == n`` this is
+    the split every earlier run used."""
+    perm = torch.randperm(n_real, generator=torch.Generator().manual_seed(1234))
+    n_val = max(1, int(val_frac * n_real))
+    return perm[:n_val], torch.cat([perm[n_val:], torch.arange(n_real, n)])
+
+
 def train(data: str, state: str, ckpt: str | None = None, log: str | None = None, minutes: float = 8.0,
           max_steps: int = 0, seed: int = 0, device: str | None = None, run_name: str = "",
           ckpt_dtype: str = "float32", **overrides) -> dict:
@@ -200,11 +211,8 @@ def train(data: str, state: str, ckpt: str | None = None, log: str | None = None
     torch.manual_seed(seed)
     tr_all = blob["train"]
     n = len(tr_all["num_atoms"])
-    # fixed validation subset (for a loss curve only; the MP-20 test set is never used here)
-    g = torch.Generator().manual_seed(1234)
-    perm = torch.randperm(n, generator=g)
-    n_val = max(1, int(cfg["val_frac"] * n))
-    val_idx, tr_idx = perm[:n_val].to(dev), perm[n_val:].to(dev)
+    val_idx, tr_idx = split_indices(n, int(meta.get("n_real_train", n)), cfg["val_frac"])
+    val_idx, tr_idx, n_val = val_idx.to(dev), tr_idx.to(dev), len(val_idx)
     data_all = CrystalData(tr_all, dev)
     radii = tr_all["radii"].float().to(dev)
     mcfg = dict(hidden=cfg["hidden"], layers=cfg["layers"], n_freq=cfg["n_freq"], dropout=cfg["dropout"])

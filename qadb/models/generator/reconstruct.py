@@ -1,0 +1,224 @@
+"""Reconstruct MP-20 training crystals whose coordinates are missing, by prototype transfer (CPU side, pymatgen).
+
+The staged MP-20 train split (27,136 rows, ``mp_20_mattergen_cache/train_no_coords``) keeps each crystal's
+species in site order, its cell (a, b, c, α, β, γ) and its DFT formation energy, but not its atomic positions.
+Most of these crystals share a prototype with a crystal of the training pool. For each row:
+
+1. take the pool crystals with the same number of sites and the same element counts (anonymous formula) whose
+   Niggli-reduced cell has the same shape (lengths over V^(1/3) within ``tol_length``, angles within
+   ``tol_angle`` degrees); keep the ``k`` closest;
+2. put each template's fractional coordinates into the row's own Niggli cell, with the row's elements assigned
+   to the template's by element count and electronegativity rank, and every other assignment among elements of
+   equal count as further candidates;
+3. keep the candidate of lowest single-point MLIP energy (CHGNet).
+
+The MP-20 test split is never read. ``validate`` measures the method on the 1,000 pilot-train rows, whose true
+structures are staged: each is rebuilt with its own crystal left out of the templates and compared with
+StructureMatcher (the CSP metric's tolerances).
+
+Usage::
+
+    python -m qadb.models.generator.reconstruct --data .gen_scratch/dev/gen_data_m.pt --validate
+    python -m qadb.models.generator.reconstruct --data .gen_scratch/dev/gen_data_m.pt \
+        --out .gen_scratch/gen_data_recon.pt [--limit N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import itertools
+import json
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from qadb.models.generator.prepare import atomic_radii, data_root, fill_mled_rows, pack, tensor_hash
+
+SOURCE = "mp20_train_recon"
+
+
+def _pauling(z: int) -> float:
+    from pymatgen.core import Element
+
+    x = Element.from_Z(int(z)).X
+    return 4.0 if np.isnan(x) else float(x)  # noble gases: most electronegative
+
+
+def element_roles(zs) -> tuple[tuple[int, ...], list[int]]:
+    """Element counts in ascending order and the elements in that order (ties: by electronegativity, then Z).
+
+    The counts are the anonymous formula of the cell; the order is how one crystal's elements are put on
+    another's sites."""
+    count: dict[int, int] = defaultdict(int)
+    for z in zs:
+        count[int(z)] += 1
+    order = sorted(count, key=lambda z: (count[z], _pauling(z), z))
+    return tuple(count[z] for z in order), order
+
+
+def cell_shape(lattice):
+    """The Niggli-reduced cell and its shape: lengths over V^(1/3), then the three angles (degrees)."""
+    niggli = lattice.get_niggli_reduced_lattice()
+    v = niggli.volume ** (1.0 / 3.0)
+    return niggli, np.array([niggli.a / v, niggli.b / v, niggli.c / v, *niggli.angles])
+
+
+@dataclass
+class _Template:
+    shape: np.ndarray
+    types: np.ndarray
+    frac: np.ndarray  # in the template's Niggli cell
+    order: list[int]
+    material_id: str
+
+
+class TemplateIndex:
+    """Pool crystals keyed by (number of sites, element counts), for prototype transfer."""
+
+    def __init__(self, pool: dict, tol_length: float = 0.05, tol_angle: float = 4.0, k: int = 5,
+                 max_assignments: int = 6):
+        from pymatgen.core import Lattice
+
+        self.tol_length, self.tol_angle, self.k, self.max_assignments = tol_length, tol_angle, k, max_assignments
+        self.by_key: dict[tuple, list[_Template]] = defaultdict(list)
+        ptr = np.concatenate([[0], np.cumsum(pool["num_atoms"].numpy().astype(np.int64))])
+        types, frac = pool["types"].numpy().astype(int), pool["frac"].numpy().astype(float)
+        for i in range(len(ptr) - 1):
+            zs = types[ptr[i]:ptr[i + 1]]
+            counts, order = element_roles(zs)
+            lat = Lattice(pool["lattice"][i].double().numpy())
+            niggli, shape = cell_shape(lat)
+            cart = frac[ptr[i]:ptr[i + 1]] @ lat.matrix
+            f = (cart @ np.linalg.inv(niggli.matrix)) % 1.0
+            self.by_key[(len(zs), counts)].append(_Template(shape, zs, f, order, pool["material_id"][i]))
+
+    def candidates(self, species: list[str], abc, angles, exclude_id: str | None = None) -> list:
+        """Candidate structures for one row (closest templates first), empty when no template fits."""
+        from pymatgen.core import Element, Lattice, Structure
+
+        zs = [Element(s).Z for s in species]
+        counts, order = element_roles(zs)
+        niggli, shape = cell_shape(Lattice.from_parameters(*abc, *angles))
+        scored = []
+        for t in self.by_key.get((len(zs), counts), []):
+            if exclude_id is not None and t.material_id == exclude_id:
+                continue
+            dl = float(np.max(np.abs(t.shape[:3] - shape[:3]) / shape[:3]))
+            da = float(np.max(np.abs(t.shape[3:] - shape[3:])))
+            if dl <= self.tol_length and da <= self.tol_angle:
+                scored.append((dl / self.tol_length + da / self.tol_angle, t))
+        scored.sort(key=lambda p: p[0])
+        groups: dict[int, list[int]] = defaultdict(list)  # element count -> role positions
+        for j, c in enumerate(counts):
+            groups[c].append(j)
+        roles = [j for g in groups.values() for j in g]
+        assignments = list(itertools.islice(
+            itertools.product(*[itertools.permutations(g) for g in groups.values()]), self.max_assignments))
+        out = []
+        for _, t in scored[:self.k]:
+            for a in assignments:
+                new = {t.order[src]: order[dst] for src, dst in zip(roles, [j for p in a for j in p])}
+                out.append(Structure(niggli, [new[int(z)] for z in t.types], t.frac))
+        return out
+
+
+def reconstruct_rows(rows: pd.DataFrame, index: TemplateIndex, exclude_self: bool = False,
+                     chunk: int = 1000) -> list:
+    """One structure (or None) per row: the candidate of lowest CHGNet energy. Works ``chunk`` rows at a time,
+    so that the candidates of only one chunk are held in memory."""
+    from qadb.models.validator.mlip_member import mlip_energy_per_atom
+
+    out, t0, n_cand = [], time.time(), 0
+    for lo in range(0, len(rows), chunk):
+        cands, spans = [], []
+        for _, r in rows.iloc[lo:lo + chunk].iterrows():
+            c = index.candidates(ast.literal_eval(r.species), (r.a, r.b, r.c), (r.alpha, r.beta, r.gamma),
+                                 r.material_id if exclude_self else None)
+            spans.append((len(cands), len(c)))
+            cands += c
+        e = mlip_energy_per_atom(cands, batch_size=64)
+        out += [cands[a + int(np.argmin(e[a:a + n]))] if n else None for a, n in spans]
+        n_cand += len(cands)
+        print(f"rows {len(out)}/{len(rows)}: {sum(s is not None for s in out)} rebuilt from {n_cand} candidates "
+              f"({time.time() - t0:.0f}s)", flush=True)
+    return out
+
+
+def train_rows() -> pd.DataFrame:
+    return pd.read_csv(data_root() / "mp_20_mattergen_cache/train_no_coords.csv.gz")
+
+
+def validate(index: TemplateIndex) -> dict:
+    """Coverage and precision on the pilot-train rows, each rebuilt without its own crystal."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.core import Structure
+
+    pilot = pd.read_csv(data_root() / "mp_20_subsets/pilot_train.csv.gz")
+    truth = {m: Structure.from_str(c, fmt="cif") for m, c in zip(pilot.material_id, pilot.cif)}
+    rows = train_rows()
+    rows = rows[rows.material_id.isin(truth)]
+    got = reconstruct_rows(rows, index, exclude_self=True)
+    sm = StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)
+    built = [(m, s) for m, s in zip(rows.material_id, got) if s is not None]
+    matched = int(sum(sm.fit(s, truth[m]) for m, s in built))
+    return {"rows": len(rows), "reconstructed": len(built), "coverage": len(built) / len(rows),
+            "matched": matched, "precision": matched / max(len(built), 1)}
+
+
+def extend(blob: dict, limit: int = 0, workers: int = 2) -> dict:
+    """``blob`` with the reconstructed MP-20 train rows appended to its training pool (ids already there skipped)."""
+    pool = blob["train"]
+    index = TemplateIndex(pool)
+    rows = train_rows()
+    rows = rows[~rows.material_id.isin(set(pool["material_id"]))]
+    if limit:
+        rows = rows.head(limit)
+    got = reconstruct_rows(rows, index)
+    records = []
+    for (_, r), s in zip(rows.iterrows(), got):
+        if s is None:
+            continue
+        props = {"formation_energy": float(r.formation_energy_per_atom), "band_gap": float(r.band_gap)}
+        records.append(dict(source=SOURCE, material_id=r.material_id, types=np.array(s.atomic_numbers, np.int16),
+                            frac=s.frac_coords.astype(np.float32) % 1.0, lattice=s.lattice.matrix.astype(np.float32),
+                            formula=s.composition.reduced_formula, props=props))
+    new = pack(records, atomic_radii())
+    fill_mled_rows(new, workers)
+    train = {k: (torch.cat([pool[k], new[k]]) if isinstance(pool[k], torch.Tensor) and k != "radii"
+                 else pool[k] + new[k] if isinstance(pool[k], list) else pool[k]) for k in pool}
+    meta = json.loads(blob["meta_json"])
+    meta["counts"][SOURCE] = {"rows": int(len(rows)), "kept": len(records)}
+    meta.update(n_train=len(train["num_atoms"]), train_hash=tensor_hash(train), recon_from=meta["train_hash"],
+                n_real_train=len(pool["num_atoms"]))
+    return {**blob, "train": train, "meta_json": json.dumps(meta)}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", required=True, help="tensor file from qadb.models.generator.prepare")
+    ap.add_argument("--out", help="write the extended tensor file here")
+    ap.add_argument("--validate", action="store_true", help="measure coverage and precision on pilot-train rows")
+    ap.add_argument("--limit", type=int, default=0, help="first N train rows only (debug)")
+    ap.add_argument("--workers", type=int, default=2)
+    a = ap.parse_args(argv)
+    blob = torch.load(a.data, map_location="cpu", weights_only=True)
+    if a.validate:
+        print(json.dumps(validate(TemplateIndex(blob["train"]))))
+    if a.out:
+        t0 = time.time()
+        out = extend(blob, a.limit, a.workers)
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(out, a.out)
+        meta = json.loads(out["meta_json"])
+        print(json.dumps({k: meta[k] for k in ("n_train", "n_real_train", "train_hash")} | meta["counts"][SOURCE]))
+        print(f"wrote {a.out} in {time.time() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
