@@ -71,3 +71,42 @@ def test_validation_rows_come_from_real_crystals_only():
     assert sorted(torch.cat([val, tr]).tolist()) == list(range(1000))
     old_val, _ = split_indices(600, 600, 0.02)
     assert torch.equal(val, old_val)  # appending reconstructed rows leaves the validation crystals as they were
+
+
+def test_energy_check_drops_a_rebuilt_row_whose_energy_contradicts_its_dft_formation_energy():
+    """Real CHGNet single points (the wheel ships its weights): a pool of three rock salts fixes the elemental
+    references; a rebuilt NaBr whose label agrees with its CHGNet estimate stays, a crushed NaBr with the same
+    label goes."""
+    import json
+
+    from qadb.models.generator.conditions import PROPS
+    from qadb.models.generator.reconstruct import SOURCE, energy_check, formation_energy_model
+
+    real = [_rocksalt("Na", "Cl", 5.64), _rocksalt("K", "Cl", 6.29), _rocksalt("K", "Br", 6.6)]
+    good = _rocksalt("Na", "Br", 5.97)
+    crushed = Structure(good.lattice, good.species, [good[0].frac_coords, good[0].frac_coords + [0.1, 0.0, 0.0]])
+    pool = _pool(real + [good, crushed], ["mp-1", "mp-2", "mp-3", "mp-4", "mp-5"])
+    j = PROPS.index("formation_energy")
+    pool["props"][:3, j] = torch.tensor([-2.1, -2.2, -1.9])
+    estimate = formation_energy_model(pool, 3)
+    ef_good = float(estimate([good])[0])
+    pool["props"][3:, j] = ef_good + 0.02
+    meta = {"n_real_train": 3, "counts": {SOURCE: {"rows": 2, "kept": 2}}}
+    out = energy_check({"train": pool, "meta_json": json.dumps(meta)})
+    assert out["train"]["material_id"] == ["mp-1", "mp-2", "mp-3", "mp-4"]
+    assert int(out["train"]["num_atoms"].sum()) == 8 and len(out["train"]["frac"]) == 8
+    assert json.loads(out["meta_json"])["counts"][SOURCE]["removed_energy_check"] == 1
+
+
+def test_cli_bad_input_is_one_line(tmp_path):
+    import json
+
+    from qadb.models.generator.reconstruct import main
+
+    with pytest.raises(SystemExit, match="tensor file not found"):
+        main(["--data", str(tmp_path / "missing.pt"), "--validate"])
+    plain = tmp_path / "plain.pt"
+    torch.save({"train": _pool([_rocksalt("Na", "Cl", 5.64)], ["mp-1"]), "meta_json": json.dumps({})}, plain)
+    with pytest.raises(SystemExit, match="no rebuilt rows"):
+        main(["--data", str(plain), "--check-only", "--out", str(tmp_path / "o.pt")])
+    assert not (tmp_path / "o.pt").exists()
