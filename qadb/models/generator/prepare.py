@@ -148,7 +148,8 @@ def _mled_one(args) -> float:
         return float("nan")
 
 
-def _split_rows(d: dict):
+def split_rows(d: dict):
+    """(types, frac, lattice) of each packed crystal of ``d``, as numpy arrays."""
     ptr = np.concatenate([[0], np.cumsum(d["num_atoms"].numpy().astype(np.int64))])
     types, frac, lattice = d["types"].numpy().astype(int), d["frac"].numpy().astype(float), d["lattice"].numpy()
     for i in range(len(ptr) - 1):
@@ -159,7 +160,7 @@ def fill_mled_rows(d: dict, workers: int = 2) -> int:
     """Compute the ``mled`` column of the packed crystals ``d`` in place; returns how many got a value."""
     t0 = time.time()
     with ProcessPoolExecutor(workers) as pool:
-        values = list(pool.map(_mled_one, _split_rows(d), chunksize=64))
+        values = list(pool.map(_mled_one, split_rows(d), chunksize=64))
     d["props"][:, PROPS.index("mled")] = torch.tensor(values, dtype=torch.float32)
     n = int(np.isfinite(values).sum())
     print(f"M_LED for {n} of {len(values)} crystals, {time.time() - t0:.0f}s", flush=True)

@@ -43,7 +43,8 @@ import pandas as pd
 import torch
 
 from qadb.models.generator.conditions import PROPS
-from qadb.models.generator.prepare import atomic_radii, data_root, fill_mled_rows, pack, tensor_hash
+from qadb.models.generator.api import to_structures
+from qadb.models.generator.prepare import atomic_radii, data_root, fill_mled_rows, pack, split_rows, tensor_hash
 
 SOURCE = "mp20_train_recon"
 MAX_EF_RESIDUAL = 0.1  # eV/atom between the CHGNet estimate and the row's DFT formation energy
@@ -93,15 +94,11 @@ class TemplateIndex:
 
         self.tol_length, self.tol_angle, self.k, self.max_assignments = tol_length, tol_angle, k, max_assignments
         self.by_key: dict[tuple, list[_Template]] = defaultdict(list)
-        ptr = np.concatenate([[0], np.cumsum(pool["num_atoms"].numpy().astype(np.int64))])
-        types, frac = pool["types"].numpy().astype(int), pool["frac"].numpy().astype(float)
-        for i in range(len(ptr) - 1):
-            zs = types[ptr[i]:ptr[i + 1]]
+        for i, (zs, frac, matrix) in enumerate(split_rows(pool)):
             counts, order = element_roles(zs)
-            lat = Lattice(pool["lattice"][i].double().numpy())
+            lat = Lattice(matrix)
             niggli, shape = cell_shape(lat)
-            cart = frac[ptr[i]:ptr[i + 1]] @ lat.matrix
-            f = (cart @ np.linalg.inv(niggli.matrix)) % 1.0
+            f = (frac @ lat.matrix @ np.linalg.inv(niggli.matrix)) % 1.0
             self.by_key[(len(zs), counts)].append(_Template(shape, zs, f, order, pool["material_id"][i]))
 
     def candidates(self, species: list[str], abc, angles, exclude_id: str | None = None) -> list:
@@ -157,11 +154,8 @@ def reconstruct_rows(rows: pd.DataFrame, index: TemplateIndex, exclude_self: boo
 
 
 def _structures(d: dict, rows) -> list:
-    from pymatgen.core import Lattice, Structure
-
-    ptr = np.concatenate([[0], np.cumsum(d["num_atoms"].numpy().astype(np.int64))])
-    return [Structure(Lattice(d["lattice"][i].double().numpy()), d["types"][ptr[i]:ptr[i + 1]].tolist(),
-                      d["frac"][ptr[i]:ptr[i + 1]].double().numpy()) for i in rows]
+    t = _take(d, np.asarray(rows, dtype=np.int64))
+    return to_structures(t["types"].long(), t["frac"], t["lattice"], t["num_atoms"].long())
 
 
 def formation_energy_model(pool: dict, n_real: int, exclude_ids=frozenset(), ridge: float = 1e-3):
@@ -198,7 +192,7 @@ def formation_energy_model(pool: dict, n_real: int, exclude_ids=frozenset(), rid
 def _take(d: dict, rows: np.ndarray) -> dict:
     """The packed crystals ``rows`` of ``d``."""
     ptr = np.concatenate([[0], np.cumsum(d["num_atoms"].numpy().astype(np.int64))])
-    sites = torch.from_numpy(np.concatenate([np.arange(ptr[i], ptr[i + 1]) for i in rows]).astype(np.int64))
+    sites = torch.from_numpy(np.concatenate([np.arange(ptr[i], ptr[i + 1]) for i in rows] + [np.zeros(0, np.int64)]))
     r = torch.from_numpy(rows.astype(np.int64))
     return {k: (v[sites] if k in ("types", "frac") else v if k == "radii" else v[r]
                 if isinstance(v, torch.Tensor) else [v[i] for i in rows]) for k, v in d.items()}
