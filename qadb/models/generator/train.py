@@ -282,7 +282,7 @@ def train(data: str, state: str, ckpt: str | None = None, log: str | None = None
     ema_params, model_params = list(ema.parameters()), list(model.parameters())
     budget = minutes * 60.0
     bs = int(cfg["batch_size"])
-    hist, last_save, curve = {}, time.time(), []
+    hist, n_hist, last_save, curve = {}, 0, time.time(), []
     ptr_ep, order = 0, tr_idx[torch.randperm(len(tr_idx), device=dev)]
     model.train()
     t_loop = time.time()
@@ -313,9 +313,11 @@ def train(data: str, state: str, ckpt: str | None = None, log: str | None = None
         step += 1
         for k, v in o.items():
             hist[k] = hist.get(k, 0.0) + v
+        n_hist += 1
         if step % 500 == 0:
-            avg = {k: round(float(v) / 500, 5) for k, v in hist.items()}
-            hist = {}
+            # a resumed run's first window holds fewer than 500 steps
+            avg = {k: round(float(v) / n_hist, 5) for k, v in hist.items()}
+            hist, n_hist = {}, 0
             el = time.time() - t_loop
             print(f"step {step} {avg} {(step - step0) / el:.1f} it/s", flush=True)
             curve.append({"step": step, **avg})
