@@ -28,6 +28,7 @@ import math
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -290,7 +291,9 @@ def main(argv=None):
     te["radii"] = torch.from_numpy(radii)
     meta = {"props": list(PROPS), "counts": counts, "n_train": len(train), "n_test": len(test),
             "train_hash": tensor_hash(tr), "test_hash": tensor_hash(te), "max_atoms": MAX_ATOMS,
-            "n_types": N_TYPES, "built_s": round(time.time() - t0, 1)}
+            "n_types": N_TYPES, "built_s": round(time.time() - t0, 1),
+            # the tensors (and so the hashes) depend on these libraries: record them so a changed hash can be traced
+            "versions": {p: version(p) for p in ("pymatgen", "numpy", "spglib")}}
     # property coverage
     meta["prop_coverage_train"] = {k: int((~torch.isnan(tr["props"][:, j])).sum()) for j, k in enumerate(PROPS)}
     meta["nelem_hist_train"] = dict(Counter(len(set(r["types"].tolist())) for r in train))
