@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("pymatgen")
 
-from qadb.models.generator.prepare import main, tensor_hash  # noqa: E402
+from qadb.models.generator.prepare import HASH_LIBRARIES, main, tensor_hash  # noqa: E402
 from tests.conftest import SHARED_DATA  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not (SHARED_DATA / "mp_20_mattergen_cache").exists(),
@@ -27,6 +27,6 @@ def test_export_is_deterministic_and_records_what_its_hashes_depend_on(tmp_path)
     meta = json.loads(a["meta_json"])
     assert meta["train_hash"] == tensor_hash(a["train"]) == json.loads(b["meta_json"])["train_hash"]
     assert meta["test_hash"] == tensor_hash(a["test"]) == json.loads(b["meta_json"])["test_hash"]
-    assert meta["versions"] == {p: version(p) for p in ("pymatgen", "numpy", "spglib")}
+    assert meta["versions"] == {p: version(p) for p in HASH_LIBRARIES}
     assert meta["n_test"] == 5 and meta["n_train"] == int(a["train"]["num_atoms"].numel()) > 0
     assert int(a["train"]["num_atoms"].max()) <= meta["max_atoms"]

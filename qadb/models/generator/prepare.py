@@ -39,6 +39,9 @@ from qadb.models.generator.conditions import N_TYPES, PROPS
 
 DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
 MAX_ATOMS = 20
+# the tensors (and so the hashes) depend on these libraries: their versions go into the meta so that a changed
+# hash can be traced
+HASH_LIBRARIES = ("pymatgen", "numpy", "spglib")
 
 
 def data_root() -> Path:
@@ -292,8 +295,7 @@ def main(argv=None):
     meta = {"props": list(PROPS), "counts": counts, "n_train": len(train), "n_test": len(test),
             "train_hash": tensor_hash(tr), "test_hash": tensor_hash(te), "max_atoms": MAX_ATOMS,
             "n_types": N_TYPES, "built_s": round(time.time() - t0, 1),
-            # the tensors (and so the hashes) depend on these libraries: record them so a changed hash can be traced
-            "versions": {p: version(p) for p in ("pymatgen", "numpy", "spglib")}}
+            "versions": {p: version(p) for p in HASH_LIBRARIES}}
     # property coverage
     meta["prop_coverage_train"] = {k: int((~torch.isnan(tr["props"][:, j])).sum()) for j, k in enumerate(PROPS)}
     meta["nelem_hist_train"] = dict(Counter(len(set(r["types"].tolist())) for r in train))
