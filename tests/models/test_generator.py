@@ -200,6 +200,17 @@ def test_gpu_eval_conditions_single_joint_and_csp(tmp_path):
     assert json.loads(str(c["meta_json"]))["cond_guidance"] == "C=3"
 
 
+def test_gpu_eval_cond_without_gen_n_is_a_usage_error(tmp_path, capsys):
+    """--cond samples --gen-n structures per condition; without --gen-n it used to crash inside torch."""
+    from qadb.models.generator.gpu_eval import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--ckpt", "x.pt", "--data", "d.pt", "--out", str(tmp_path / "o.npz"), "--cfg-n", "10",
+              "--cond", "M_LED=9,C=0.7"])
+    assert e.value.code == 2 and "--gen-n" in capsys.readouterr().err
+    assert not (tmp_path / "o.npz").exists()
+
+
 def test_lr_schedule_cosine():
     from qadb.models.generator.train import lr_at
 

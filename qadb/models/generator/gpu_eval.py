@@ -202,6 +202,8 @@ def main(argv=None):
                     help="G for every --cond property, or NAME=G[,NAME=G] per property (others 1.0)")
     ap.add_argument("--sweep", type=int, default=0, help="only the sampler sweep on the first N test compositions")
     a = ap.parse_args(argv)
+    if a.cond and a.gen_n <= 0:
+        ap.error("--cond samples --gen-n structures per condition: give --gen-n N (N > 0)")
     if a.sweep:
         print(sweep(a.ckpt, a.data, a.out, a.sweep, a.device, a.seed))
         return

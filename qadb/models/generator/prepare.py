@@ -73,6 +73,18 @@ def compactness(structure, radii: np.ndarray | None = None) -> float:
     return float(4.0 / 3.0 * math.pi * np.sum(radii[zs - 1] ** 3) / structure.volume)
 
 
+def snap_frac(frac: np.ndarray, tol: float = 1e-6) -> np.ndarray:
+    """Fractional coordinates in [0, 1) as float32, with those within ``tol`` of a cell face put on it.
+
+    pymatgen leaves round-off of order 1e-17 on special positions, and its exact value depends on the BLAS kernel
+    the CPU selects (OpenBLAS SkylakeX against Haswell); snapping it makes the exported tensors, and their
+    hashes, the same on every machine."""
+    f = np.asarray(frac, dtype=np.float64)
+    near = np.round(f)
+    f = np.where(np.abs(f - near) < tol, near, f) % 1.0
+    return f.astype(np.float32) % np.float32(1.0)
+
+
 def _parse(args):
     """Parse one CIF; optionally reduce to the primitive cell; Niggli-reduce. Returns arrays or None."""
     cif, primitive = args
@@ -91,8 +103,7 @@ def _parse(args):
         zs = np.array([sp.Z for sp in s.species], dtype=np.int16)
         if zs.max() > N_TYPES:
             return None
-        return (zs, s.frac_coords.astype(np.float32) % 1.0, s.lattice.matrix.astype(np.float32),
-                s.composition.reduced_formula)
+        return (zs, snap_frac(s.frac_coords), s.lattice.matrix.astype(np.float32), s.composition.reduced_formula)
     except Exception:  # noqa: BLE001
         return None
 

@@ -44,7 +44,8 @@ import torch
 
 from qadb.models.generator.conditions import PROPS
 from qadb.models.generator.api import to_structures
-from qadb.models.generator.prepare import atomic_radii, data_root, fill_mled_rows, pack, split_rows, tensor_hash
+from qadb.models.generator.prepare import (atomic_radii, data_root, fill_mled_rows, pack, snap_frac, split_rows,
+                                          tensor_hash)
 
 SOURCE = "mp20_train_recon"
 MAX_EF_RESIDUAL = 0.1  # eV/atom between the CHGNet estimate and the row's DFT formation energy
@@ -257,7 +258,7 @@ def extend(blob: dict, limit: int = 0, workers: int = 2) -> dict:
             continue
         props = {"formation_energy": float(r.formation_energy_per_atom), "band_gap": float(r.band_gap)}
         records.append(dict(source=SOURCE, material_id=r.material_id, types=np.array(s.atomic_numbers, np.int16),
-                            frac=s.frac_coords.astype(np.float32) % 1.0, lattice=s.lattice.matrix.astype(np.float32),
+                            frac=snap_frac(s.frac_coords), lattice=s.lattice.matrix.astype(np.float32),
                             formula=s.composition.reduced_formula, props=props))
     new = pack(records, atomic_radii())
     fill_mled_rows(new, workers)
