@@ -627,8 +627,8 @@ def main(argv=None):
         if "cfgc0_z" in d:
             lo, hi = meta["cfg_targets"]
             cs = []
-            for tag in ("cfgc0", "cfgc1"):
-                ss = [s for s in _structs(d, tag, n_gen) if struct_valid(s)]
+            for cset in ("cfgc0", "cfgc1"):
+                ss = [s for s in _structs(d, cset, n_gen) if struct_valid(s)]
                 cs.append(float(np.mean([compactness(s, radii) for s in ss])))
             res["cfg_c_targets"] = [lo, hi]
             res["cfg_c_means"] = [round(c, 4) for c in cs]

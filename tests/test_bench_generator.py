@@ -78,3 +78,42 @@ def test_paired_matches_counts_discordant_compositions_and_mcnemar_p():
     r = gen_bench.paired_matches(ours, theirs)
     assert r == {"n": 6, "both": 1, "only_this": 3, "only_reference": 1, "mcnemar_p": 0.625}
     assert gen_bench.paired_matches([None], [None])["mcnemar_p"] == 1.0
+
+
+def _pack(structs) -> dict:
+    import torch
+
+    from qadb.models.generator.prepare import atomic_radii
+
+    return {"num_atoms": torch.tensor([len(s) for s in structs], dtype=torch.int16),
+            "types": torch.tensor([site.specie.Z for s in structs for site in s], dtype=torch.int16),
+            "frac": torch.tensor(np.concatenate([s.frac_coords for s in structs]), dtype=torch.float32),
+            "lattice": torch.tensor(np.stack([s.lattice.matrix for s in structs]), dtype=torch.float32),
+            "radii": torch.from_numpy(atomic_radii())}
+
+
+def test_cfg_and_condition_sets_in_one_file_keep_their_metric_names(tmp_path):
+    """A gpu_eval file with the compactness pair (cfgc0/cfgc1) and a condition set (cond_mled): the shifts are stored
+    as cfg_shift_mled / cfg_shift_c. The compactness loop once reused the suffix variable, so they came out as
+    cfg_shift_mledcfgc1 (session 15)."""
+    import torch
+
+    crystals = [_rocksalt("Mg", "O", 4.2), _rocksalt("Li", "F", 4.0), _cscl("Cs", "Cl", 4.1), _rocksalt("Na", "Cl", 5.6)]
+    torch.save({"train": _pack(crystals[:2]), "test": _pack(crystals[2:])}, tmp_path / "d.pt")
+    sets = {}
+    for prefix in ("gen", "cfgc0", "cfgc1", "cond_mled", "cond_compactness"):
+        sets.update({f"{prefix}_z": np.array([site.specie.Z for s in crystals for site in s]),
+                     f"{prefix}_frac": np.concatenate([s.frac_coords for s in crystals]),
+                     f"{prefix}_lattice": np.stack([s.lattice.matrix for s in crystals]),
+                     f"{prefix}_num_atoms": np.array([len(s) for s in crystals])})
+    meta = {"steps": 10, "timing": {"gen_s": 1.0}, "cfg_targets": [0.45, 0.75], "cond": {"mled": 9.0, "compactness": 0.7},
+            "cond_joint": {}, "cond_guidance": 1.0}
+    np.savez(tmp_path / "g.npz", meta_json=json.dumps(meta), **sets)
+    gen_bench.main(["--data", str(tmp_path / "d.pt"), "--npz-gen", str(tmp_path / "g.npz"), "--cov-ref", "2",
+                    "--workers", "1", "--out", str(tmp_path / "o.json")])
+    doc = json.loads((tmp_path / "o.json").read_text())
+    names = set(doc["metrics"]) | set(doc["details"])
+    assert {"cfg_shift_mled", "cfg_shift_c", "cfg_slope_c"} <= names
+    assert not [k for k in names if "cfgc" in k]
+    # the same crystals conditioned and unconditioned: no shift
+    assert doc["metrics"]["cfg_shift_c"]["value"] == 0.0
