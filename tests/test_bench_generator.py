@@ -54,11 +54,16 @@ def test_missing_input_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "o.json").exists()
 
 
+def _sample_set(prefix, structs) -> dict:
+    """One sample set as gpu_eval writes it: <prefix>_z, _frac, _lattice, _num_atoms."""
+    return {f"{prefix}_z": np.array([site.specie.Z for s in structs for site in s]),
+            f"{prefix}_frac": np.concatenate([s.frac_coords for s in structs]),
+            f"{prefix}_lattice": np.stack([s.lattice.matrix for s in structs]),
+            f"{prefix}_num_atoms": np.array([len(s) for s in structs])}
+
+
 def _npz(path, structs, meta):
-    np.savez(path, csp_z=np.array([site.specie.Z for s in structs for site in s]),
-             csp_frac=np.concatenate([s.frac_coords for s in structs]),
-             csp_lattice=np.stack([s.lattice.matrix for s in structs]),
-             csp_num_atoms=np.array([len(s) for s in structs]), meta_json=json.dumps(meta))
+    np.savez(path, meta_json=json.dumps(meta), **_sample_set("csp", structs))
 
 
 def test_csp_reference_scores_each_model_on_the_shared_prefix(tmp_path):
@@ -81,15 +86,15 @@ def test_paired_matches_counts_discordant_compositions_and_mcnemar_p():
 
 
 def _pack(structs) -> dict:
+    """Crystals as the training-tensor export packs them (qadb.models.generator.prepare.pack)."""
     import torch
 
-    from qadb.models.generator.prepare import atomic_radii
+    from qadb.models.generator.prepare import atomic_radii, pack
 
-    return {"num_atoms": torch.tensor([len(s) for s in structs], dtype=torch.int16),
-            "types": torch.tensor([site.specie.Z for s in structs for site in s], dtype=torch.int16),
-            "frac": torch.tensor(np.concatenate([s.frac_coords for s in structs]), dtype=torch.float32),
-            "lattice": torch.tensor(np.stack([s.lattice.matrix for s in structs]), dtype=torch.float32),
-            "radii": torch.from_numpy(atomic_radii())}
+    radii = atomic_radii()
+    records = [dict(types=np.array(s.atomic_numbers, np.int16), frac=s.frac_coords, lattice=s.lattice.matrix,
+                    props={}, material_id=None, source="test", formula=s.composition.reduced_formula) for s in structs]
+    return {**pack(records, radii), "radii": torch.from_numpy(radii)}
 
 
 def test_cfg_and_condition_sets_in_one_file_keep_their_metric_names(tmp_path):
@@ -100,12 +105,8 @@ def test_cfg_and_condition_sets_in_one_file_keep_their_metric_names(tmp_path):
 
     crystals = [_rocksalt("Mg", "O", 4.2), _rocksalt("Li", "F", 4.0), _cscl("Cs", "Cl", 4.1), _rocksalt("Na", "Cl", 5.6)]
     torch.save({"train": _pack(crystals[:2]), "test": _pack(crystals[2:])}, tmp_path / "d.pt")
-    sets = {}
-    for prefix in ("gen", "cfgc0", "cfgc1", "cond_mled", "cond_compactness"):
-        sets.update({f"{prefix}_z": np.array([site.specie.Z for s in crystals for site in s]),
-                     f"{prefix}_frac": np.concatenate([s.frac_coords for s in crystals]),
-                     f"{prefix}_lattice": np.stack([s.lattice.matrix for s in crystals]),
-                     f"{prefix}_num_atoms": np.array([len(s) for s in crystals])})
+    sets = {k: v for prefix in ("gen", "cfgc0", "cfgc1", "cond_mled", "cond_compactness")
+            for k, v in _sample_set(prefix, crystals).items()}
     meta = {"steps": 10, "timing": {"gen_s": 1.0}, "cfg_targets": [0.45, 0.75], "cond": {"mled": 9.0, "compactness": 0.7},
             "cond_joint": {}, "cond_guidance": 1.0}
     np.savez(tmp_path / "g.npz", meta_json=json.dumps(meta), **sets)
