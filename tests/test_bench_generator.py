@@ -118,3 +118,18 @@ def test_cfg_and_condition_sets_in_one_file_keep_their_metric_names(tmp_path):
     assert not [k for k in names if "cfgc" in k]
     # the same crystals conditioned and unconditioned: no shift
     assert doc["metrics"]["cfg_shift_c"]["value"] == 0.0
+
+
+def test_sample_1000_gpu_s_is_taken_only_from_a_set_of_exactly_1000(tmp_path):
+    """gpu_eval's gen_s is the time of the whole set: a 5,000-sample file once set sample_1000_gpu_s to 105 s."""
+    import torch
+
+    crystals = [_rocksalt("Mg", "O", 4.2), _rocksalt("Li", "F", 4.0), _cscl("Cs", "Cl", 4.1), _rocksalt("Na", "Cl", 5.6)]
+    torch.save({"train": _pack(crystals[:2]), "test": _pack(crystals[2:])}, tmp_path / "d.pt")
+    meta = {"steps": 1000, "timing": {"gen_s": 5.0}, "cond": {}, "cond_joint": {}}
+    for n in (1004, 1000):
+        np.savez(tmp_path / "g.npz", meta_json=json.dumps(meta), **_sample_set("gen", (crystals * 251)[:n]))
+        gen_bench.main(["--data", str(tmp_path / "d.pt"), "--npz-gen", str(tmp_path / "g.npz"), "--cov-ref", "0",
+                        "--workers", "1", "--out", str(tmp_path / f"o{n}.json")])
+    assert "sample_1000_gpu_s" in json.loads((tmp_path / "o1004.json").read_text())["details"]["not_measured"]
+    assert json.loads((tmp_path / "o1000.json").read_text())["metrics"]["sample_1000_gpu_s"]["value"] == 5.0

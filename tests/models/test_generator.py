@@ -494,3 +494,49 @@ def test_export_from_a_state_written_before_dropout_existed(tmp_path):
     assert g.model.config["dropout"] == 0.0
     ema = raw["ema"]
     assert all(torch.equal(v.float(), ema[k].float()) for k, v in g.model.state_dict().items())
+
+
+def test_masked_type_process_learns_types_and_samples_categoricals(tmp_path):
+    """type_process="mask": hidden types are the zero vector, the type head is trained by cross-entropy (so a tiny
+    model fitted on one crystal's types puts them first), and the sampler reveals every atom exactly once."""
+    from qadb.models.generator.checkpoint import make_checkpoint
+    from qadb.models.generator.sampler import sample_tensors
+
+    msched = Schedules(T=50, type_process="mask")
+    torch.manual_seed(0)
+    model = CrystalDenoiser(hidden=32, layers=2, n_freq=4)
+    na, _, frac, lat, props, _, _, _ = _batch(sizes=(3, 3))
+    types = torch.tensor([8, 8, 14, 8, 8, 14])  # SiO2 twice
+    b = dict(num_atoms=na, types=types, frac=frac, lattice=lat, props=props, props_raw=props)
+    cfg = dict(DEFAULTS, type_process="mask")
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(60):
+        loss, out = diffusion_loss(model, msched, b, cfg, t_int=torch.tensor([50, 50]), mode=torch.tensor([1, 1]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = float(out["type"]) if first is None else first
+    assert first > 3.0 and float(out["type"]) < 1.0  # cross-entropy over 100 types starts near ln 100 = 4.6
+    model.eval()
+    z, f, lat_s = sample_tensors(model, msched, torch.tensor([3, 3, 3]), None, steps=10, seed=0, type_noise=0.0)
+    assert set(z.tolist()) <= {8, 14} and torch.isfinite(lat_s).all()
+    again, _, _ = sample_tensors(model, msched, torch.tensor([3, 3, 3]), None, steps=10, seed=0, type_noise=0.0)
+    assert torch.equal(z, again)
+    # the process travels in the checkpoint; older checkpoints (no key) load as gaussian
+    ck = make_checkpoint(model.config, {"T": 50, "type_process": "mask"}, model.state_dict(), torch.ones(N_TYPES),
+                         torch.ones(21), {}, {})
+    torch.save(ck, tmp_path / "m.pt")
+    assert load_checkpoint(tmp_path / "m.pt").schedules.type_process == "mask"
+    ck["diffusion_config"] = {"T": 50}
+    torch.save(ck, tmp_path / "g.pt")
+    assert load_checkpoint(tmp_path / "g.pt").schedules.type_process == "gaussian"
+    from qadb.errors import InputError
+    from qadb.models.generator.train import diffusion_config
+
+    with pytest.raises(InputError, match="type_process 'uniform'"):
+        diffusion_config(dict(DEFAULTS, type_process="uniform"))
+    ck["diffusion_config"] = {"T": 50, "type_process": "uniform"}
+    torch.save(ck, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="does not fit"):
+        load_checkpoint(tmp_path / "bad.pt")

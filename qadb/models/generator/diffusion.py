@@ -1,7 +1,11 @@
 """Noise processes of the crystal diffusion generator (torch only).
 
-* lattice L (3x3, columns = lattice vectors, divided by N^(1/3)) and atom types (one-hot, ab initio mode):
-  DDPM with a cosine alpha-bar schedule, epsilon prediction;
+* lattice L (3x3, columns = lattice vectors, divided by N^(1/3)): DDPM with a cosine alpha-bar schedule, epsilon
+  prediction;
+* atom types (ab initio mode), ``type_process``: "gaussian", the one-hot vector under the same DDPM (epsilon
+  prediction, as DiffCSP), or "mask", an absorbing-state discrete process (D3PM/MDLM style, as MatterGen): each
+  atom's type is hidden (the zero vector) with probability 1 - alpha-bar_t and the network predicts the clean
+  type's logits, so a sample draws each element from a categorical instead of an arg-max over a continuous vector;
 * fractional coordinates F on the 3-torus: variance-exploding wrapped normal, sigma geometric from
   sigma_min to sigma_max, score matching of the wrapped-normal transition kernel (as in DiffCSP), target score
   divided by sqrt(E[score^2]) so that the network output has unit scale.
@@ -14,6 +18,7 @@ import math
 
 import torch
 
+TYPE_PROCESSES = ("gaussian", "mask")
 WN_IMAGES = 5  # images k = -5..5: exact to float precision for sigma <= 1
 
 
@@ -62,9 +67,13 @@ def _cached_norm(T: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
 class Schedules(torch.nn.Module):
     """Discrete schedules, t = 1..T (index 0 is the clean state)."""
 
-    def __init__(self, T: int = 1000, sigma_min: float = 0.005, sigma_max: float = 0.5, cosine_s: float = 0.008):
+    def __init__(self, T: int = 1000, sigma_min: float = 0.005, sigma_max: float = 0.5, cosine_s: float = 0.008,
+                 type_process: str = "gaussian"):
         super().__init__()
+        if type_process not in TYPE_PROCESSES:
+            raise ValueError(f"unknown type_process {type_process!r}; known: {', '.join(TYPE_PROCESSES)}")
         self.T = T
+        self.type_process = type_process
         steps = torch.arange(T + 1, dtype=torch.float64)
         f = torch.cos((steps / T + cosine_s) / (1 + cosine_s) * math.pi / 2) ** 2
         abar = (f / f[0]).clamp(min=1e-8)

@@ -35,7 +35,8 @@ def sample_tensors(model, sched, num_atoms: torch.Tensor, types: torch.Tensor | 
     num_atoms: [B] long. types: [Na] atomic numbers (structure prediction) or None (ab initio).
     props: {name: normalised value} (applies to all B) or {name: [B] tensor}. guidance: {name: g}.
     chemsys: [B, N_TYPES] multi-hot (ab initio only). type_noise scales the noise of the reverse type steps
-    (1 = the DDPM posterior; below 1 samples the types at a lower temperature). coord_noise scales the noise of
+    (1 = the DDPM posterior; below 1 samples the types at a lower temperature); with a masked type process
+    (``sched.type_process == "mask"``) it is the temperature of each element's categorical draw. coord_noise scales the noise of
     the reverse-VE coordinate predictor in the same way (0: each predictor step only follows the score; the
     corrector, when on, still adds its Langevin noise). elements: atomic numbers the
     final type decoding may choose when no chemsys is given (the checkpoint's training elements; None: any).
@@ -112,7 +113,12 @@ def sample_tensors(model, sched, num_atoms: torch.Tensor, types: torch.Tensor | 
 
     lat = randn(B, 3, 3)
     frac = torch.rand(Na, 3, generator=gen).to(dev)
-    a = a_fixed if csp else randn(Na, N_TYPES)
+    masking = not csp and sched.type_process == "mask"
+    if masking:  # every type starts hidden (zero vector) and is drawn once, at the step where it is revealed
+        a = torch.zeros(Na, N_TYPES, device=dev)
+        hidden = torch.ones(Na, dtype=torch.bool, device=dev)
+    else:
+        a = a_fixed if csp else randn(Na, N_TYPES)
     abar, sig, norm = sched.abar, sched.sigmas, sched.sigma_norm
     for i, t in enumerate(ts):
         s = ts[i + 1] if i + 1 < len(ts) else 0
@@ -133,12 +139,22 @@ def sample_tensors(model, sched, num_atoms: torch.Tensor, types: torch.Tensor | 
         alpha = ab_t / ab_s
         beta = 1 - alpha
         lat = (lat - beta / (1 - ab_t).sqrt() * el) / alpha.sqrt()
-        if not csp:
+        if masking:
+            # reveal each hidden atom with probability (abar_s - abar_t) / (1 - abar_t) (all of them at s = 0), its
+            # element drawn from the predicted logits at temperature type_noise (Gumbel-max; 0 is the arg-max)
+            reveal = hidden & (torch.rand(Na, generator=gen).to(dev) < (ab_s - ab_t) / (1 - ab_t))
+            idx = reveal.nonzero().squeeze(1)
+            logits = ea[idx] if allowed is None else ea[idx].masked_fill(~allowed[idx], -math.inf)
+            u = torch.rand(len(idx), N_TYPES, generator=gen).clamp(1e-20, 1 - 1e-7).to(dev)
+            z_new = (logits - type_noise * torch.log(-torch.log(u))).argmax(-1)
+            a[idx] = torch.nn.functional.one_hot(z_new, N_TYPES).float()
+            hidden[idx] = False
+        elif not csp:
             a = (a - beta / (1 - ab_t).sqrt() * ea) / alpha.sqrt()
         if s > 0:
             std = (beta * (1 - ab_s) / (1 - ab_t)).sqrt()
             lat = lat + std * randn(B, 3, 3)
-            if not csp:
+            if not csp and not masking:
                 a = a + type_noise * std * randn(Na, N_TYPES)
     if csp:
         z = types.to(dev).long()

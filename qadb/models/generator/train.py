@@ -27,13 +27,15 @@ from torch import nn
 from qadb.errors import InputError
 from qadb.models.generator.checkpoint import STATE_KIND, FORMAT_VERSION, make_checkpoint, read_raw
 from qadb.models.generator.conditions import N_TYPES, PROP_NORM, PROPS
-from qadb.models.generator.diffusion import Schedules, wrapped_normal_score
+from qadb.models.generator.diffusion import TYPE_PROCESSES, Schedules, wrapped_normal_score
 from qadb.models.generator.network import CrystalDenoiser, grow_fourier
 
 DEFAULTS = dict(hidden=256, layers=6, n_freq=16, T=1000, sigma_min=0.005, sigma_max=0.5, batch_size=256, lr=1e-3,
                 warmup=500, weight_decay=0.0, ema=0.999, grad_clip=1.0, gen_frac=0.5, p_drop=0.3, p_uncond=0.1,
                 p_chemsys=0.5, w_lattice=1.0, w_coord=1.0, w_type=20.0, lambda_c=0.0, val_frac=0.02, lr_decay="none",
-                lr_min=0.0, dropout=0.0)
+                lr_min=0.0, dropout=0.0, type_process="gaussian", w_type_mask=1.0)
+# type_process: "gaussian" (DDPM on the one-hot, loss weight w_type) or "mask" (absorbing-state discrete diffusion,
+# cross-entropy weighted by w_type_mask); a resumed state may switch to "mask" (the type head then learns logits).
 # lr_decay="cosine": within each call, lr goes from `lr` to `lr_min` along a half cosine over the call's budget
 # (wall-clock fraction, or step fraction when --max-steps is given); warm-up applies to the first steps only.
 
@@ -45,6 +47,13 @@ def lr_at(cfg: dict, step: int, frac: float) -> float:
         lo = float(cfg.get("lr_min", 0.0))
         base = lo + (base - lo) * 0.5 * (1.0 + math.cos(math.pi * min(max(frac, 0.0), 1.0)))
     return base * min(1.0, (step + 1) / cfg["warmup"])
+
+
+def diffusion_config(cfg: dict) -> dict:
+    """The `Schedules` settings of a training config (the part an inference checkpoint keeps)."""
+    if cfg["type_process"] not in TYPE_PROCESSES:
+        raise InputError(f"type_process {cfg['type_process']!r} is not one of {', '.join(TYPE_PROCESSES)}")
+    return dict(T=cfg["T"], sigma_min=cfg["sigma_min"], sigma_max=cfg["sigma_max"], type_process=cfg["type_process"])
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -96,10 +105,15 @@ def diffusion_loss(model, sched: Schedules, b: dict, cfg: dict, radii: torch.Ten
     Ft = (b["frac"] + sig * eps_f) % 1.0
     tgt_f = wrapped_normal_score(sig * eps_f, sig) / sched.sigma_norm[t_int][crystal].sqrt()[:, None]
     A0 = F.one_hot(b["types"] - 1, N_TYPES).float()
-    eps_a = torch.randn_like(A0)
     ab_a = ab[crystal][:, None]
-    At = ab_a.sqrt() * A0 + (1 - ab_a).sqrt() * eps_a
     gen_atom = mode[crystal].bool()
+    masking = sched.type_process == "mask"
+    if masking:  # absorbing state: hidden with probability 1 - abar_t, shown as the zero vector
+        hidden = gen_atom & (torch.rand(Na, device=dev) >= ab_a[:, 0])
+        At = torch.where(hidden[:, None], torch.zeros_like(A0), A0)
+    else:
+        eps_a = torch.randn_like(A0)
+        At = ab_a.sqrt() * A0 + (1 - ab_a).sqrt() * eps_a
     A_in = torch.where(gen_atom[:, None], At, A0)
     # conditions: per-sample, per-property dropout (+ all dropped together), missing values always masked
     avail = ~torch.isnan(b["props"])
@@ -114,18 +128,27 @@ def diffusion_loss(model, sched: Schedules, b: dict, cfg: dict, radii: torch.Ten
                                         mode)
     l_lat = F.mse_loss(eps_l_hat, eps_l)
     l_coord = F.mse_loss(s_hat, tgt_f)
-    per_atom = ((eps_a_hat - eps_a) ** 2).mean(-1)
-    n_gen = gen_atom.float().sum()
-    l_type = (per_atom * gen_atom.float()).sum() / n_gen.clamp(min=1)
-    loss = cfg["w_lattice"] * l_lat + cfg["w_coord"] * l_coord + cfg["w_type"] * l_type
+    if masking:  # cross-entropy of the clean type's logits on the hidden atoms
+        scored = hidden.float()
+        per_atom = F.cross_entropy(eps_a_hat, b["types"] - 1, reduction="none")
+        w_type = cfg["w_type_mask"]
+    else:
+        scored = gen_atom.float()
+        per_atom = ((eps_a_hat - eps_a) ** 2).mean(-1)
+        w_type = cfg["w_type"]
+    l_type = (per_atom * scored).sum() / scored.sum().clamp(min=1)
+    loss = cfg["w_lattice"] * l_lat + cfg["w_coord"] * l_coord + w_type * l_type
     out = {"lattice": l_lat.detach(), "coord": l_coord.detach(), "type": l_type.detach()}
     if cfg.get("lambda_c", 0.0) > 0 and radii is not None:
         # PIGEN Eq. 3: lambda_C |C(A_t, F_t, L_t) - C_0|^2, C from the predicted clean lattice (and, in ab initio
         # mode, arg-max predicted types, not differentiable, as PIGEN); weighted by abar_t to tame t -> T.
         L0_hat = (Lt - (1 - ab).sqrt()[:, None, None] * eps_l_hat) / ab.sqrt()[:, None, None]
         vol = torch.linalg.det(L0_hat).abs() * na.float()
-        A0_hat = (At - (1 - ab_a).sqrt() * eps_a_hat) / ab_a.sqrt()
-        z_pred = torch.where(gen_atom, A0_hat.argmax(-1), b["types"] - 1)
+        if masking:
+            z_pred = torch.where(hidden, eps_a_hat.argmax(-1), b["types"] - 1)
+        else:
+            A0_hat = (At - (1 - ab_a).sqrt() * eps_a_hat) / ab_a.sqrt()
+            z_pred = torch.where(gen_atom, A0_hat.argmax(-1), b["types"] - 1)
         r3 = radii.to(dev)[z_pred] ** 3
         atom_vol = torch.zeros(B, device=dev).index_add_(0, crystal, r3) * (4.0 / 3.0 * math.pi)
         c_hat = (atom_vol / vol.clamp(min=1e-3)).clamp(max=3.0)
@@ -216,7 +239,7 @@ def train(data: str, state: str, ckpt: str | None = None, log: str | None = None
     data_all = CrystalData(tr_all, dev)
     radii = tr_all["radii"].float().to(dev)
     mcfg = dict(hidden=cfg["hidden"], layers=cfg["layers"], n_freq=cfg["n_freq"], dropout=cfg["dropout"])
-    dcfg = dict(T=cfg["T"], sigma_min=cfg["sigma_min"], sigma_max=cfg["sigma_max"])
+    dcfg = diffusion_config(cfg)
     model = CrystalDenoiser(**mcfg).to(dev)
     sched = Schedules(**dcfg).to(dev)
     ema = copy.deepcopy(model).eval()
@@ -391,7 +414,7 @@ def export_checkpoint(state: str, ckpt: str, dtype: str = "float32", sampler: di
     st = read_raw(state, STATE_KIND)
     cfg = {**DEFAULTS, **json.loads(st["config_json"])}  # states written before an option existed lack its key
     mcfg = dict(hidden=cfg["hidden"], layers=cfg["layers"], n_freq=cfg["n_freq"], dropout=cfg["dropout"])
-    dcfg = dict(T=cfg["T"], sigma_min=cfg["sigma_min"], sigma_max=cfg["sigma_max"])
+    dcfg = diffusion_config(cfg)
     meta = json.loads(st["meta_json"])
     ck = make_checkpoint(mcfg, dcfg, st["ema"], st["radii"], st["num_atoms_hist"],
                          {k: list(v) for k, v in PROP_NORM.items()}, meta, dtype=dtype, sampler=sampler,
