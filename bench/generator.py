@@ -543,6 +543,9 @@ def main(argv=None):
                     help="with --npz-gen: only the cfg_shift_* metrics (keep the other generation metrics as stored)")
     ap.add_argument("--cfg-suffix", default="",
                     help="with --cfg-only: store the shifts as cfg_shift_*SUFFIX (e.g. _guidance3) in details")
+    ap.add_argument("--merge", nargs="*", default=[],
+                    help="results JSON of earlier runs (their --out), merged in as measured here; with --update, "
+                         "they land in --out over its older figures")
     ap.add_argument("--sun", help="JSON written by `bench/_sun.py score`: sun_rate and its counts")
     ap.add_argument("--funnel", action="store_true",
                     help="with --npz-gen: PIGEN's filters A-D and the share outside the top-100 frameworks, for each "
@@ -550,7 +553,7 @@ def main(argv=None):
     ap.add_argument("--funnel-ref", type=int, default=FUNNEL_REF_N,
                     help="training crystals whose frameworks give the top-100 prototypes")
     a = ap.parse_args(argv)
-    inputs = [a.npz_csp, a.npz_gen, a.npz_sweep, a.npz_csp_k, a.sun,
+    inputs = [a.npz_csp, a.npz_gen, a.npz_sweep, a.npz_csp_k, a.sun, *a.merge,
               *(x.split("=", 1)[-1] for x in a.ablation + a.reference)]
     scores_samples = any([a.npz_csp, a.npz_gen, a.npz_sweep, a.npz_csp_k, a.ablation, a.reference])
     if scores_samples:
@@ -714,6 +717,10 @@ def main(argv=None):
         sun = json.loads(Path(a.sun).read_text())
         res["sun_rate"] = sun["sun_rate"]
         res["sun_detail"] = {k: v for k, v in sun.items() if k != "sun_rate"}
+    for path in a.merge:  # an earlier run's --out file, scored elsewhere: its figures as if measured here
+        prior = json.loads(Path(path).read_text())
+        res.update({k: v for k, v in prior.get("details", {}).items() if k not in ("not_measured", "bench_wall_s")})
+        res.update({k: v["value"] for k, v in prior.get("metrics", {}).items()})
     res["bench_wall_s"] = round(time.time() - t0, 1)
     out = Path(a.out)
     if a.update and out.exists():

@@ -133,3 +133,27 @@ def test_sample_1000_gpu_s_is_taken_only_from_a_set_of_exactly_1000(tmp_path):
                         "--workers", "1", "--out", str(tmp_path / f"o{n}.json")])
     assert "sample_1000_gpu_s" in json.loads((tmp_path / "o1004.json").read_text())["details"]["not_measured"]
     assert json.loads((tmp_path / "o1000.json").read_text())["metrics"]["sample_1000_gpu_s"]["value"] == 5.0
+
+
+def test_merge_brings_an_earlier_runs_figures_into_the_results_file(tmp_path):
+    """--merge: a run scored into its own file joins the results file as --update would, its metrics as metrics."""
+    import torch
+
+    crystals = [_rocksalt("Mg", "O", 4.2), _cscl("Cs", "Cl", 4.1)]
+    torch.save({"train": _pack(crystals[:1]), "test": _pack(crystals[1:])}, tmp_path / "d.pt")
+    old = {"metrics": {"csp_match_rate_1": {"value": 30.0}, "csp_match_rate_1_ranked": {"value": 47.0}},
+           "details": {"csp_match_rate_1_ranked_note": "20 at 100 steps", "kept": 1}}
+    run = {"metrics": {"csp_match_rate_1_ranked": {"value": 51.0}},
+           "details": {"csp_match_rate_1_ranked_note": "8 at 1000 steps", "not_measured": ["sun_rate"]}}
+    (tmp_path / "out.json").write_text(json.dumps(old))
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    gen_bench.main(["--data", str(tmp_path / "d.pt"), "--merge", str(tmp_path / "run.json"), "--update",
+                    "--out", str(tmp_path / "out.json")])
+    doc = json.loads((tmp_path / "out.json").read_text())
+    assert doc["metrics"]["csp_match_rate_1_ranked"]["value"] == 51.0
+    assert doc["metrics"]["csp_match_rate_1"]["value"] == 30.0 and doc["details"]["kept"] == 1
+    assert doc["details"]["csp_match_rate_1_ranked_note"] == "8 at 1000 steps"
+    assert "csp_match_rate_1" not in doc["details"]["not_measured"]
+    with pytest.raises(SystemExit, match="not found"):
+        gen_bench.main(["--data", str(tmp_path / "d.pt"), "--merge", str(tmp_path / "nope.json"),
+                        "--out", str(tmp_path / "x.json")])

@@ -170,7 +170,8 @@ def train_generator(ctx, data, prepare, from_store, chemsys, limit, state, ckpt,
 @click.option("--step-lr", type=float, default=None, help="Langevin corrector step (default: the checkpoint's).")
 @click.option("--corrector/--no-corrector", default=None, help="Predictor-corrector (default: the checkpoint's).")
 @click.option("--type-noise", type=click.FloatRange(0, 2), default=None,
-              help="gen: scale of the reverse type noise (default: the checkpoint's; 1 = plain DDPM).")
+              help="gen: scale of the reverse type noise, or the temperature of a masked type process "
+                   "(default: the checkpoint's; 1 = plain DDPM / the learned categorical).")
 @click.option("--coord-noise", type=click.FloatRange(0, 2), default=None,
               help="Scale of the reverse coordinate-predictor noise (default: the checkpoint's; 1 = plain VE).")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None,

@@ -191,7 +191,8 @@ def main(argv=None):
     ap.add_argument("--csp-k-n", type=int, default=0, help="compositions for csp_match_rate_k (first N of test)")
     ap.add_argument("--csp-k", type=int, default=20)
     ap.add_argument("--corrector", action=argparse.BooleanOptionalAction, default=True)
-    ap.add_argument("--type-noise", type=float, default=1.0, help="ab initio: scale of the reverse type noise")
+    ap.add_argument("--type-noise", type=float, default=1.0,
+                    help="ab initio: scale of the reverse type noise (masked type process: temperature)")
     ap.add_argument("--coord-noise", type=float, default=1.0, help="scale of the reverse coordinate-predictor noise")
     ap.add_argument("--csp-cond", default="", help="NAME=V[,NAME=V]: condition the CSP samples (e.g. E_hull=0)")
     ap.add_argument("--csp-guidance", type=float, default=1.0)
