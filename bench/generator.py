@@ -718,14 +718,11 @@ def main(argv=None):
         res["sun_rate"] = sun["sun_rate"]
         res["sun_detail"] = {k: v for k, v in sun.items() if k != "sun_rate"}
     for path in a.merge:  # an earlier run's --out file, scored elsewhere: its figures as if measured here
-        prior = json.loads(Path(path).read_text())
-        res.update({k: v for k, v in prior.get("details", {}).items() if k not in ("not_measured", "bench_wall_s")})
-        res.update({k: v["value"] for k, v in prior.get("metrics", {}).items()})
+        res.update(_flat(json.loads(Path(path).read_text())))
     res["bench_wall_s"] = round(time.time() - t0, 1)
     out = Path(a.out)
     if a.update and out.exists():
-        old = json.loads(out.read_text())
-        details = {**old.get("details", {}), **{k: v["value"] for k, v in old.get("metrics", {}).items()}}
+        details = _flat(json.loads(out.read_text()))
         details.update({k: v for k, v in res.items() if v is not None or k not in details})
         res = details
     doc = contract(res)
@@ -753,6 +750,11 @@ METRICS = {
     **{f"funnel_abcd{n}": ("% of generated", None, "max") for n in list(FUNNEL_SETS.values())[:3]},
     **{f"outside_top100_prototypes{n}": ("% of A&B&C survivors", None, "max") for n in list(FUNNEL_SETS.values())[:3]},
 }
+
+
+def _flat(doc: dict) -> dict:
+    """A results file back as one flat dict of figures (`contract` in reverse; `not_measured` is recomputed)."""
+    return {**doc.get("details", {}), **{k: v["value"] for k, v in doc.get("metrics", {}).items()}}
 
 
 def contract(res: dict) -> dict:

@@ -97,18 +97,27 @@ def _pack(structs) -> dict:
     return {**pack(records, radii), "radii": torch.from_numpy(radii)}
 
 
+def _four_crystals() -> list:
+    return [_rocksalt("Mg", "O", 4.2), _rocksalt("Li", "F", 4.0), _cscl("Cs", "Cl", 4.1), _rocksalt("Na", "Cl", 5.6)]
+
+
+def _data_file(path, crystals, n_train: int) -> list:
+    """A training-tensor file: the first n_train crystals as train, the rest as test; returns the crystals."""
+    import torch
+
+    torch.save({"train": _pack(crystals[:n_train]), "test": _pack(crystals[n_train:])}, path)
+    return crystals
+
+
 def test_cfg_and_condition_sets_in_one_file_keep_their_metric_names(tmp_path):
     """A gpu_eval file with the compactness pair (cfgc0/cfgc1) and a condition set (cond_mled): the shifts are stored
     as cfg_shift_mled / cfg_shift_c. The compactness loop once reused the suffix variable, so they came out as
     cfg_shift_mledcfgc1 (session 15)."""
-    import torch
-
-    crystals = [_rocksalt("Mg", "O", 4.2), _rocksalt("Li", "F", 4.0), _cscl("Cs", "Cl", 4.1), _rocksalt("Na", "Cl", 5.6)]
-    torch.save({"train": _pack(crystals[:2]), "test": _pack(crystals[2:])}, tmp_path / "d.pt")
+    crystals = _data_file(tmp_path / "d.pt", _four_crystals(), n_train=2)
     sets = {k: v for prefix in ("gen", "cfgc0", "cfgc1", "cond_mled", "cond_compactness")
             for k, v in _sample_set(prefix, crystals).items()}
-    meta = {"steps": 10, "timing": {"gen_s": 1.0}, "cfg_targets": [0.45, 0.75], "cond": {"mled": 9.0, "compactness": 0.7},
-            "cond_joint": {}, "cond_guidance": 1.0}
+    meta = {"steps": 10, "timing": {"gen_s": 1.0}, "cfg_targets": [0.45, 0.75],
+            "cond": {"mled": 9.0, "compactness": 0.7}, "cond_joint": {}, "cond_guidance": 1.0}
     np.savez(tmp_path / "g.npz", meta_json=json.dumps(meta), **sets)
     gen_bench.main(["--data", str(tmp_path / "d.pt"), "--npz-gen", str(tmp_path / "g.npz"), "--cov-ref", "2",
                     "--workers", "1", "--out", str(tmp_path / "o.json")])
@@ -122,10 +131,7 @@ def test_cfg_and_condition_sets_in_one_file_keep_their_metric_names(tmp_path):
 
 def test_sample_1000_gpu_s_is_taken_only_from_a_set_of_exactly_1000(tmp_path):
     """gpu_eval's gen_s is the time of the whole set: a 5,000-sample file once set sample_1000_gpu_s to 105 s."""
-    import torch
-
-    crystals = [_rocksalt("Mg", "O", 4.2), _rocksalt("Li", "F", 4.0), _cscl("Cs", "Cl", 4.1), _rocksalt("Na", "Cl", 5.6)]
-    torch.save({"train": _pack(crystals[:2]), "test": _pack(crystals[2:])}, tmp_path / "d.pt")
+    crystals = _data_file(tmp_path / "d.pt", _four_crystals(), n_train=2)
     meta = {"steps": 1000, "timing": {"gen_s": 5.0}, "cond": {}, "cond_joint": {}}
     for n in (1004, 1000):
         np.savez(tmp_path / "g.npz", meta_json=json.dumps(meta), **_sample_set("gen", (crystals * 251)[:n]))
@@ -137,10 +143,7 @@ def test_sample_1000_gpu_s_is_taken_only_from_a_set_of_exactly_1000(tmp_path):
 
 def test_merge_brings_an_earlier_runs_figures_into_the_results_file(tmp_path):
     """--merge: a run scored into its own file joins the results file as --update would, its metrics as metrics."""
-    import torch
-
-    crystals = [_rocksalt("Mg", "O", 4.2), _cscl("Cs", "Cl", 4.1)]
-    torch.save({"train": _pack(crystals[:1]), "test": _pack(crystals[1:])}, tmp_path / "d.pt")
+    _data_file(tmp_path / "d.pt", [_rocksalt("Mg", "O", 4.2), _cscl("Cs", "Cl", 4.1)], n_train=1)
     old = {"metrics": {"csp_match_rate_1": {"value": 30.0}, "csp_match_rate_1_ranked": {"value": 47.0}},
            "details": {"csp_match_rate_1_ranked_note": "20 at 100 steps", "kept": 1}}
     run = {"metrics": {"csp_match_rate_1_ranked": {"value": 51.0}},

@@ -36,9 +36,9 @@ def sample_tensors(model, sched, num_atoms: torch.Tensor, types: torch.Tensor | 
     props: {name: normalised value} (applies to all B) or {name: [B] tensor}. guidance: {name: g}.
     chemsys: [B, N_TYPES] multi-hot (ab initio only). type_noise scales the noise of the reverse type steps
     (1 = the DDPM posterior; below 1 samples the types at a lower temperature); with a masked type process
-    (``sched.type_process == "mask"``) it is the temperature of each element's categorical draw. coord_noise scales the noise of
-    the reverse-VE coordinate predictor in the same way (0: each predictor step only follows the score; the
-    corrector, when on, still adds its Langevin noise). elements: atomic numbers the
+    (``sched.type_process == "mask"``) it is the temperature of each element's categorical draw. coord_noise scales
+    the noise of the reverse-VE coordinate predictor in the same way (0: each predictor step only follows the score;
+    the corrector, when on, still adds its Langevin noise). elements: atomic numbers the
     final type decoding may choose when no chemsys is given (the checkpoint's training elements; None: any).
     Returns (Z [Na], frac [Na,3], lattice rows [B,3,3] Å).
     """
