@@ -11,7 +11,9 @@ Two sources of samples:
 ``--quick`` evaluates the first 500 test structures for CSP and 200 generated structures. Metrics that the given
 files cannot give are listed under ``details.not_measured`` (csp_match_rate_20 needs an ``--npz-csp-k`` file with
 20 samples per composition; cfg_shift_c / cfg_shift_mled need ``gpu_eval --cond C=0.7 M_LED=9`` samples beside the
-unconditioned ones). COV-R/COV-P use matminer's CrystalNN and Magpie fingerprints. S.U.N. is measured by
+unconditioned ones). Compositional validity uses SMACT's 2014 oxidation-state table, as the published CDVAE/DiffCSP
+figures did (SMACT 2.x); ``comp_validity_icsd24`` scores the same samples with SMACT >= 3's default ICSD-2024 table.
+COV-R/COV-P use matminer's CrystalNN and Magpie fingerprints. S.U.N. is measured by
 ``bench/_sun.py`` (MLIP relaxations) and merged with ``--sun FILE``.
 """
 
@@ -142,9 +144,16 @@ def struct_valid(s, cutoff=0.5) -> bool:
     return bool(dm.min() >= cutoff)
 
 
-def smact_valid(comp) -> bool:
+# SMACT's oxidation-state tables: CDVAE and DiffCSP scored with SMACT 2.x, whose default table was the 2014 one
+# (`oxidation_states_smact14` since SMACT 3.0, which made the narrower ICSD-2024 table the default)
+OX_TABLES = {"smact14": "oxidation_states_smact14", "icsd24": "oxidation_states_icsd24"}
+
+
+def smact_valid(comp, table: str = "smact14") -> bool:
     """CDVAE's compositional validity: charge neutrality with SMACT oxidation states + Pauling electronegativity
-    test; single elements and all-metal alloys count as valid (CDVAE's include_alloys=True)."""
+    test; single elements and all-metal alloys count as valid (CDVAE's include_alloys=True), and so does a charge-
+    neutral assignment whose electronegativity is missing (CDVAE catches that TypeError as a pass). `table` picks the
+    oxidation states: "smact14" is the table of the published CDVAE/DiffCSP figures, "icsd24" SMACT >= 3's default."""
     import smact
     from smact.screening import pauling_test
 
@@ -160,19 +169,22 @@ def smact_valid(comp) -> bool:
     if all(e.symbol in smact.metals for e in smact_elems):
         return True
     enegs = [e.pauling_eneg for e in smact_elems]
-    ox_combos = [e.oxidation_states or [] for e in smact_elems]
+    ox_combos = [getattr(e, OX_TABLES[table]) or [] for e in smact_elems]
     if not all(ox_combos):
         return False
     threshold = max(counts)
     for ox_states in itertools.islice(itertools.product(*ox_combos), MAX_OX_COMBOS):
-        cn_e = smact.neutral_ratios(ox_states, stoichs=[(c,) for c in counts], threshold=threshold)
-        if cn_e:
+        if smact.neutral_ratios(ox_states, stoichs=[(c,) for c in counts], threshold=threshold):
             try:
                 if pauling_test(ox_states, enegs):
                     return True
             except TypeError:
-                continue
+                return True
     return False
+
+
+def comp_validity(structs, table: str = "smact14") -> float:
+    return round(100 * float(np.mean([smact_valid(s.composition, table) for s in structs])), 2)
 
 
 def _match_one(args):
@@ -471,7 +483,9 @@ def gen_metrics(gens, test_structs, train_by_formula, radii, workers=2):
     cv = [smact_valid(s.composition) for s in gens]
     valid = [s for s, a, b in zip(gens, sv, cv) if a and b]
     out = {"n_gen": len(gens), "struct_validity": round(100 * np.mean(sv), 2),
-           "comp_validity": round(100 * np.mean(cv), 2), "validity_both": round(100 * len(valid) / len(gens), 2)}
+           "comp_validity": round(100 * np.mean(cv), 2), "comp_validity_ci95": wilson_ci(sum(cv), len(cv)),
+           "comp_validity_icsd24": comp_validity(gens, "icsd24"),
+           "validity_both": round(100 * len(valid) / len(gens), 2)}
     from scipy.stats import wasserstein_distance
 
     dens_g = [s.density for s, a in zip(gens, sv) if a]
@@ -511,8 +525,7 @@ def gen_metrics(gens, test_structs, train_by_formula, radii, workers=2):
         out["cov_note"] = (f"generated: the {len(valid)} struct+comp-valid samples; reference: {len(ref_idx)} MP-20 "
                            f"test structures drawn at random (seed 0); fingerprints in {time.time() - t0:.0f} s")
     else:
-        out["cov_r"] = out["cov_p"] = None
-        out["cov_note"] = "not computed (--cov-ref 0)"
+        out["cov_r"] = out["cov_p"] = out["cov_note"] = None  # None: --update keeps an earlier run's figures
     return out
 
 
@@ -681,7 +694,7 @@ def main(argv=None):
         sv = [struct_valid(s) for s in gens]
         c = [compactness(s, radii) for s, v in zip(gens, sv) if v]
         r.update(struct_validity=round(100 * np.mean(sv), 2),
-                 comp_validity=round(100 * np.mean([smact_valid(s.composition) for s in gens]), 2),
+                 comp_validity=comp_validity(gens),
                  compactness_mean=round(float(np.mean(c)), 4),
                  compactness_in_window=round(100 * float(np.mean([(0.55 <= x <= 0.85) for x in c])), 2),
                  n_gen=len(gens), ckpt_meta_step=json.loads(str(d["meta_json"]))["ckpt_meta"].get("step"))
@@ -707,8 +720,7 @@ def main(argv=None):
         res[f"sample_{a.cpu_sample}_cpu_s"] = round(dt, 1)
         res["cpu_sample_settings"] = sset
         res["cpu_sample_struct_validity"] = round(100 * float(np.mean([struct_valid(s) for s in structs])), 2)
-        res["cpu_sample_comp_validity"] = round(100 * float(np.mean([smact_valid(s.composition) for s in structs])),
-                                                2)
+        res["cpu_sample_comp_validity"] = comp_validity(structs)
         res["cpu_note"] = (f"{a.cpu_sample} ab initio samples, {threads} torch thread(s) on a shared 2-core machine; "
                            f"load "
                            f"average {load0:.1f} before and {os.getloadavg()[0]:.1f} after the run")
@@ -740,6 +752,7 @@ METRICS = {
     "csp_match_rate_1_ranked": ("%", None, "max"), "csp_rmse_1_ranked": ("fraction of (V/N)^(1/3)", None, "min"),
     "csp_match_rate_20": ("%", None, "max"), "csp_rmse_20": ("fraction of (V/N)^(1/3)", None, "min"),
     "struct_validity": ("%", None, "max"), "comp_validity": ("%", 85.0, "max"),
+    "comp_validity_icsd24": ("%", None, "max"),
     "cov_r": ("%", None, "max"), "cov_p": ("%", None, "max"),
     "wdist_density": ("g/cm^3", None, "min"), "wdist_nelem": ("elements", None, "min"),
     "uniqueness": ("%", None, "max"), "novelty": ("%", None, "max"), "sun_rate": ("%", 25.0, "max"),

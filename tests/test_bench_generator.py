@@ -160,3 +160,17 @@ def test_merge_brings_an_earlier_runs_figures_into_the_results_file(tmp_path):
     with pytest.raises(SystemExit, match="not found"):
         gen_bench.main(["--data", str(tmp_path / "d.pt"), "--merge", str(tmp_path / "nope.json"),
                         "--out", str(tmp_path / "x.json")])
+
+
+def test_comp_validity_uses_the_oxidation_table_of_the_published_figures():
+    """CDVAE/DiffCSP scored with SMACT 2.x's 2014 table; SMACT >= 3 defaults to ICSD-2024, which differs both ways."""
+    from pymatgen.core import Composition
+
+    for formula, smact14, icsd24 in [("NaCl", True, True), ("NaCl2", False, False), ("BaCaO3", True, False),
+                                      ("NaSnS2", False, True), ("Fe3Al", True, True)]:
+        comp = Composition(formula)
+        assert gen_bench.smact_valid(comp) is smact14, formula  # the default is the published protocol's table
+        assert gen_bench.smact_valid(comp, "icsd24") is icsd24, formula
+    s = Structure(Lattice.cubic(5.6), ["Ba", "Ca", "O", "O", "O"], [[0, 0, 0], [.5, .5, .5], [.5, 0, 0], [0, .5, 0],
+                                                                      [0, 0, .5]])
+    assert gen_bench.comp_validity([s, s]) == 100.0 and gen_bench.comp_validity([s], "icsd24") == 0.0
