@@ -496,6 +496,26 @@ def test_export_from_a_state_written_before_dropout_existed(tmp_path):
     assert all(torch.equal(v.float(), ema[k].float()) for k, v in g.model.state_dict().items())
 
 
+def test_the_committed_from_scratch_state_exports_its_ema_weights_with_dropout(tmp_path):
+    """train_states/generator_scratch_state.pt (session 17's run, resumed by the next session) is a whole state:
+    config with dropout 0.1, EMA weights that export into a loadable checkpoint, optimiser moments for every weight."""
+    from qadb.models.generator.train import STATE_KIND, export_checkpoint, read_raw
+
+    state = Path(__file__).resolve().parents[2] / "train_states/generator_scratch_state.pt"
+    if not state.exists():
+        pytest.skip("committed from-scratch state not present")
+    raw = read_raw(str(state), STATE_KIND)
+    assert json.loads(raw["config_json"])["dropout"] == 0.1 and raw["step"] > 0
+    assert set(raw["model"]) == set(raw["ema"])
+    params = [v for k, v in raw["model"].items() if v.is_floating_point()]
+    moments = raw["opt"]["state"]
+    assert len(moments) == len(params) and all({"exp_avg", "exp_avg_sq"} <= set(m) for m in moments.values())
+    export_checkpoint(str(state), str(tmp_path / "g.pt"))
+    g = load_checkpoint(tmp_path / "g.pt")
+    assert g.model.config["dropout"] == 0.1
+    assert all(torch.equal(v.float(), raw["ema"][k].float()) for k, v in g.model.state_dict().items())
+
+
 def test_masked_type_process_learns_types_and_samples_categoricals(tmp_path):
     """type_process="mask": hidden types are the zero vector, the type head is trained by cross-entropy (so a tiny
     model fitted on one crystal's types puts them first), and the sampler reveals every atom exactly once."""
