@@ -497,23 +497,48 @@ def test_export_from_a_state_written_before_dropout_existed(tmp_path):
 
 
 def test_the_committed_from_scratch_state_exports_its_ema_weights_with_dropout(tmp_path):
-    """train_states/generator_scratch_state.pt (session 17's run, resumed by the next session) is a whole state:
-    config with dropout 0.1, EMA weights that export into a loadable checkpoint, optimiser moments for every weight."""
+    """train_states/generator_scratch_state.pt (session 17's run, resumed by the next session) is a slim state under
+    20 MB: config with dropout 0.1, the step, EMA weights that export into a loadable checkpoint."""
     from qadb.models.generator.train import STATE_KIND, export_checkpoint, read_raw
 
     state = Path(__file__).resolve().parents[2] / "train_states/generator_scratch_state.pt"
     if not state.exists():
         pytest.skip("committed from-scratch state not present")
+    assert state.stat().st_size < 20e6
     raw = read_raw(str(state), STATE_KIND)
     assert json.loads(raw["config_json"])["dropout"] == 0.1 and raw["step"] > 0
-    assert set(raw["model"]) == set(raw["ema"])
-    params = [v for k, v in raw["model"].items() if v.is_floating_point()]
-    moments = raw["opt"]["state"]
-    assert len(moments) == len(params) and all({"exp_avg", "exp_avg_sq"} <= set(m) for m in moments.values())
+    assert "opt" not in raw and "model" not in raw
     export_checkpoint(str(state), str(tmp_path / "g.pt"))
     g = load_checkpoint(tmp_path / "g.pt")
     assert g.model.config["dropout"] == 0.1
     assert all(torch.equal(v.float(), raw["ema"][k].float()) for k, v in g.model.state_dict().items())
+
+
+def test_a_slim_state_resumes_from_its_ema_weights_with_a_fresh_warm_up(tmp_path):
+    pytest.importorskip("pymatgen")
+    from pymatgen.core import Lattice, Structure
+
+    from qadb.models.generator.prepare import atomic_radii, pack
+    from qadb.models.generator.train import STATE_KIND, read_raw, slim_state, train
+
+    radii = atomic_radii()
+    structs = [Structure(Lattice.cubic(a), sp, [[0, 0, 0], [0.5, 0.5, 0.5]])
+               for a, sp in [(4.2, ["Na", "Cl"]), (4.0, ["Mg", "O"]), (3.6, ["Li", "F"]), (4.3, ["K", "Br"])]]
+    records = [dict(types=torch.tensor(s.atomic_numbers).numpy(), frac=s.frac_coords, lattice=s.lattice.matrix,
+                    props={}, material_id=None, source="test", formula=s.composition.reduced_formula) for s in structs]
+    tr = {**pack(records, radii), "radii": torch.from_numpy(radii)}
+    torch.save({"train": tr, "test": tr, "meta_json": json.dumps({"train_hash": "t", "counts": {}})}, tmp_path / "d.pt")
+    kw = dict(data=str(tmp_path / "d.pt"), state=str(tmp_path / "st.pt"), max_steps=2, minutes=5, device="cpu",
+              hidden=16, layers=1, n_freq=2, batch_size=2, warmup=10, val_frac=0.25)
+    train(**kw)
+    assert slim_state(str(tmp_path / "st.pt"), str(tmp_path / "slim.pt")) == 2
+    slim = read_raw(str(tmp_path / "slim.pt"), STATE_KIND)
+    assert "opt" not in slim and "model" not in slim and (tmp_path / "slim.pt").stat().st_size < (
+        tmp_path / "st.pt").stat().st_size / 2
+    rec = train(**{**kw, "state": str(tmp_path / "slim.pt")})
+    assert (rec["step_start"], rec["step_end"]) == (2, 4)
+    full = read_raw(str(tmp_path / "slim.pt"), STATE_KIND)  # written back whole: raw weights and Adam moments again
+    assert {"model", "opt"} <= set(full) and full["step"] == 4
 
 
 def test_masked_type_process_learns_types_and_samples_categoricals(tmp_path):

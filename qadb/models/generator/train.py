@@ -41,7 +41,8 @@ DEFAULTS = dict(hidden=256, layers=6, n_freq=16, T=1000, sigma_min=0.005, sigma_
 
 
 def lr_at(cfg: dict, step: int, frac: float) -> float:
-    """Learning rate at global `step`, `frac` of the way through this call's budget (0..1)."""
+    """Learning rate `step` steps into the warm-up (from step 0, or from a slim state's resume), `frac` of the way
+    through this call's budget (0..1)."""
     base = cfg["lr"]
     if cfg.get("lr_decay", "none") == "cosine":
         lo = float(cfg.get("lr_min", 0.0))
@@ -246,13 +247,16 @@ def train(data: str, state: str, ckpt: str | None = None, log: str | None = None
     for p in ema.parameters():
         p.requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    step = 0
+    step, warm_from = 0, 0
     if resumed is not None:
         old_freq = json.loads(resumed["config_json"])["n_freq"]
-        model.load_state_dict(grow_fourier(resumed["model"], old_freq, cfg["n_freq"]))
+        slim = "opt" not in resumed  # `slim_state`: the raw weights start from the EMA ones, Adam and warm-up afresh
+        model.load_state_dict(grow_fourier(resumed["ema" if slim else "model"], old_freq, cfg["n_freq"]))
         ema.load_state_dict(grow_fourier(resumed["ema"], old_freq, cfg["n_freq"]))
-        opt_state_restore(opt, resumed["opt"], model, old_freq, cfg["n_freq"])
+        if not slim:
+            opt_state_restore(opt, resumed["opt"], model, old_freq, cfg["n_freq"])
         step = int(resumed["step"])
+        warm_from = step if slim else 0
         torch.set_rng_state(resumed["rng_cpu"])
         if dev.type == "cuda" and "rng_cuda" in resumed:
             try:
@@ -321,7 +325,7 @@ def train(data: str, state: str, ckpt: str | None = None, log: str | None = None
         ptr_ep += bs
         b = data_all.batch(idx)
         frac = (step - step0) / max_steps if max_steps else (time.time() - t_start) / budget
-        lr = lr_at(cfg, step, frac)
+        lr = lr_at(cfg, step - warm_from, frac)
         for gparam in opt.param_groups:
             gparam["lr"] = lr
         loss, o = diffusion_loss(model, sched, b, cfg, radii)
@@ -406,6 +410,17 @@ def training_elements(data: str) -> list[int]:
     return torch.unique(blob["train"]["types"]).tolist()
 
 
+def slim_state(state: str, out: str) -> int:
+    """Write ``state`` without its raw weights and Adam moments (a third of the size), so that a long run's state can
+    be committed; `train` resumes it from the EMA weights with a fresh optimiser and a new warm-up. Returns the step."""
+    st = read_raw(state, STATE_KIND)
+    slim = {k: v for k, v in st.items() if k not in ("model", "opt")}
+    tmp = str(out) + ".tmp"
+    torch.save(slim, tmp)
+    os.replace(tmp, out)
+    return int(st["step"])
+
+
 def export_checkpoint(state: str, ckpt: str, dtype: str = "float32", sampler: dict | None = None,
                       data: str | None = None) -> dict:
     """Write the inference checkpoint (EMA weights + config) from a train-state file; ``sampler`` sets the
@@ -436,6 +451,8 @@ def main(argv=None):
     ap.add_argument("--run-name", default="")
     ap.add_argument("--ckpt-dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--export", nargs=2, metavar=("STATE", "CKPT"), help="only write CKPT from STATE")
+    ap.add_argument("--slim", nargs=2, metavar=("STATE", "OUT"),
+                    help="only write OUT: STATE without raw weights and Adam moments (resumes from the EMA weights)")
     ap.add_argument("--probe", action="store_true", help="only time training steps at batch 256/1024/2048")
     ap.add_argument("--sampler", default=None,
                     help='with --export: default sampler settings as JSON, e.g. \'{"steps": 100, "corrector": false}\'')
@@ -445,6 +462,10 @@ def main(argv=None):
     sampler = a.pop("sampler")
     if a.pop("probe"):
         print("probe", json.dumps(probe_throughput(a["data"], device=a["device"])))
+        return
+    slim = a.pop("slim")
+    if slim is not None:
+        print("slim state at step", slim_state(*slim))
         return
     if a.pop("export") is not None:
         print(export_checkpoint(*ap.parse_args(argv).export, dtype=a["ckpt_dtype"],
