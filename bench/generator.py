@@ -70,16 +70,25 @@ def paired_matches(ours: list, theirs: list) -> dict:
 
 
 def csp_reference(pairs: list[str], test_all: list, workers: int = 2, own_rms: list | None = None) -> dict:
-    """CSP match of other models' samples (NAME=npz), each on its first-N test compositions and on the prefix that
-    all share, so that runs of different sizes are compared on the same compositions; with `own_rms` (this
-    generator's per-composition result) also the paired comparison."""
+    """CSP match of other models' samples (NAME=npz, or NAME=npz:VARIANT for one setting of a `gpu_eval --sweep`
+    file), each on its first-N test compositions and on the prefix that all share, so that runs of different sizes
+    are compared on the same compositions; with `own_rms` (this generator's per-composition result) also the paired
+    comparison."""
     rms, meta = {}, {}
     for pair in pairs:
         name, path = pair.split("=", 1)
+        path, _, variant = path.partition(":")
         d = np.load(path)
-        preds = _structs(d, "csp")
-        rms[name] = csp_rms(preds, test_all[: len(preds)], workers)
         meta[name] = json.loads(str(d["meta_json"]))
+        if variant:  # one setting of a `gpu_eval --sweep` file, whose types are the test compositions'
+            na = d["num_atoms"].astype(np.int64)
+            z = np.concatenate([s.atomic_numbers for s in test_all[: len(na)]])
+            preds = to_structures(torch.as_tensor(z), torch.as_tensor(d[variant + "_frac"]),
+                                  torch.as_tensor(d[variant + "_lattice"]), torch.as_tensor(na))
+            meta[name] = {**meta[name], "variant": variant, "settings": meta[name]["variants"][variant]}
+        else:
+            preds = _structs(d, "csp")
+        rms[name] = csp_rms(preds, test_all[: len(preds)], workers)
     common = min(len(r) for r in rms.values())
     out = {}
     for name, r in rms.items():
@@ -542,7 +551,8 @@ def main(argv=None):
     ap.add_argument("--ablation", nargs="*", default=[], help="NAME=npz pairs (csp_ + gen_ keys) to compare")
     ap.add_argument("--reference", nargs="*", default=[],
                     help="NAME=npz: CSP samples of another model (e.g. DiffCSP from bench/_diffcsp_ref.py) scored on "
-                         "the same test compositions, into details.csp_reference")
+                         "the same test compositions, into details.csp_reference; NAME=npz:VARIANT takes one setting "
+                         "of a gpu_eval --sweep file")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--cpu-sample", type=int, default=0)
     ap.add_argument("--cpu-steps", type=int, default=None, help="default: the checkpoint's default steps")
@@ -567,7 +577,8 @@ def main(argv=None):
                     help="training crystals whose frameworks give the top-100 prototypes")
     a = ap.parse_args(argv)
     inputs = [a.npz_csp, a.npz_gen, a.npz_sweep, a.npz_csp_k, a.sun, *a.merge,
-              *(x.split("=", 1)[-1] for x in a.ablation + a.reference)]
+              *(x.split("=", 1)[-1] for x in a.ablation),
+              *(x.split("=", 1)[-1].partition(":")[0] for x in a.reference)]  # NAME=npz[:VARIANT]
     scores_samples = any([a.npz_csp, a.npz_gen, a.npz_sweep, a.npz_csp_k, a.ablation, a.reference])
     if scores_samples:
         inputs.append(a.data)
@@ -608,10 +619,13 @@ def main(argv=None):
         meta = json.loads(str(d["meta_json"]))
         na = torch.as_tensor(d["num_atoms"].astype(np.int64))
         z = blob["test"]["types"][: int(na.sum())].long()
-        rows = {}
-        for k, kw in meta["variants"].items():
+        rows, first = {}, None
+        for k, kw in meta["variants"].items():  # each paired with the first setting (same compositions and seed)
             preds = to_structures(z, torch.as_tensor(d[k + "_frac"]), torch.as_tensor(d[k + "_lattice"]), na)
-            rows[k] = {**kw, **csp_metrics(preds, test_all[: len(na)], a.workers), "sample_s": meta["timing"][k]}
+            rms = csp_rms(preds, test_all[: len(na)], a.workers)
+            first = rms if first is None else first
+            rows[k] = {**kw, **csp_metrics(None, test_all[: len(na)], rms=rms), "sample_s": meta["timing"][k],
+                       "paired_with_first": paired_matches(rms, first)}
             print("sweep", k, rows[k], flush=True)
         res["sampler_sweep"] = {"ckpt_step": meta["ckpt_meta"].get("step"), "n": len(na), "rows": rows}
     if a.npz_csp_k:

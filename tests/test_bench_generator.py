@@ -77,6 +77,21 @@ def test_csp_reference_scores_each_model_on_the_shared_prefix(tmp_path):
     assert r["b"]["csp_match_rate_1"] == 50.0 and r["b"]["first_2"]["csp_n"] == 2
 
 
+def test_csp_reference_takes_one_setting_of_a_sweep_file(tmp_path):
+    """NAME=npz:VARIANT reads <VARIANT>_frac / _lattice of a `gpu_eval --sweep` file; its types are the test ones."""
+    test = [_rocksalt("Mg", "O", 4.2), _rocksalt("Li", "F", 4.0)]
+    wrong = _cscl("Li", "F", 2.5) * (2, 2, 1)  # 8 sites as the rocksalt cell, in the same species order
+    good, bad = _sample_set("x", test), _sample_set("x", [test[0], wrong])
+    meta = {"variants": {"good": {"steps": 1000}, "bad": {"steps": 100}}}
+    np.savez(tmp_path / "sweep.npz", meta_json=json.dumps(meta), num_atoms=good["x_num_atoms"],
+             good_frac=good["x_frac"], good_lattice=good["x_lattice"], bad_frac=bad["x_frac"],
+             bad_lattice=bad["x_lattice"])
+    r = gen_bench.csp_reference([f"g={tmp_path / 'sweep.npz'}:good", f"b={tmp_path / 'sweep.npz'}:bad"], test,
+                                workers=1)
+    assert r["g"]["csp_match_rate_1"] == 100.0 and r["b"]["csp_match_rate_1"] == 50.0
+    assert r["b"]["meta"]["variant"] == "bad" and r["b"]["meta"]["settings"] == {"steps": 100}
+
+
 def test_paired_matches_counts_discordant_compositions_and_mcnemar_p():
     ours = [0.1, None, 0.2, 0.3, None, 0.1]
     theirs = [0.1, 0.2, None, None, None, None, 0.5]  # longer: only the shared prefix counts

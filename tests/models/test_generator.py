@@ -239,6 +239,9 @@ def test_sampler_n_corrector_and_defaults(sched):
     csp = [sample_tensors(model, sched, na, types, steps=5, corrector=False, coord_noise=c, seed=0)
            for c in (0.0, 0.0, 1.0)]
     assert torch.equal(csp[0][1], csp[1][1]) and not torch.allclose(csp[0][1], csp[2][1])
+    # lattice_noise scales the reverse lattice steps' noise in the same way
+    lats = [sample_tensors(model, sched, na, types, steps=5, lattice_noise=s, seed=0)[2] for s in (0.5, 0.5, 1.0)]
+    assert torch.equal(lats[0], lats[1]) and not torch.allclose(lats[0], lats[2])
     gens = [sample_tensors(model, sched, na, None, steps=5, type_noise=tn, seed=0) for tn in (1.0, 0.0)]
     assert all(z.shape == (5,) and int(z.min()) >= 1 for z, _, _ in gens)
     g = LoadedGenerator(model=model, schedules=sched, sampler={"steps": 7, "corrector": False})
@@ -497,8 +500,8 @@ def test_export_from_a_state_written_before_dropout_existed(tmp_path):
 
 
 def test_the_committed_from_scratch_state_exports_its_ema_weights_with_dropout(tmp_path):
-    """train_states/generator_scratch_state.pt (session 17's run, resumed by the next session) is a slim state under
-    20 MB: config with dropout 0.1, the step, EMA weights that export into a loadable checkpoint."""
+    """train_states/generator_scratch_state.pt (the run started in session 17, resumed by each session) is a slim
+    state under 20 MB: config with dropout 0.1, the step, EMA weights that export into a loadable checkpoint."""
     from qadb.models.generator.train import STATE_KIND, export_checkpoint, read_raw
 
     state = Path(__file__).resolve().parents[2] / "train_states/generator_scratch_state.pt"

@@ -24,33 +24,47 @@ def _sync():
         torch.cuda.synchronize()
 
 
-# sampler settings compared by `--sweep` (CSP on the first N test compositions); docs/generator.md has the scores
-SWEEP = {"l1e-5": dict(steps=1000, step_lr=1e-5), "l3e-5": dict(steps=1000, step_lr=3e-5),
-         "l1e-4": dict(steps=1000, step_lr=1e-4), "l3e-4": dict(steps=1000, step_lr=3e-4),
-         "l3e-5c2": dict(steps=1000, step_lr=3e-5, n_corrector=2),
-         "s100l1e-5": dict(steps=100, step_lr=1e-5), "s100l1e-4": dict(steps=100, step_lr=1e-4),
-         "s100l1e-3": dict(steps=100, step_lr=1e-3), "s100l3e-4": dict(steps=100, step_lr=3e-4),
-         "s200l1e-4": dict(steps=200, step_lr=1e-4), "s50l3e-4": dict(steps=50, step_lr=3e-4),
-         "s100nc": dict(steps=100, corrector=False)}
+# sampler settings compared by `--sweep N --sweep-set NAME` (CSP on the first N test compositions, one .npz per set;
+# docs/generator.md has the scores): "steps" is session 2's (steps and corrector step size), "noise" session 18's
+# (corrector step size, predictor noise of the coordinates and of the lattice at 1,000 steps; "base_s1" is the base
+# setting with another seed, to show the sampling noise of a single figure)
+SWEEPS = {
+    "steps": {"l1e-5": dict(steps=1000, step_lr=1e-5), "l3e-5": dict(steps=1000, step_lr=3e-5),
+              "l1e-4": dict(steps=1000, step_lr=1e-4), "l3e-4": dict(steps=1000, step_lr=3e-4),
+              "l3e-5c2": dict(steps=1000, step_lr=3e-5, n_corrector=2),
+              "s100l1e-5": dict(steps=100, step_lr=1e-5), "s100l1e-4": dict(steps=100, step_lr=1e-4),
+              "s100l1e-3": dict(steps=100, step_lr=1e-3), "s100l3e-4": dict(steps=100, step_lr=3e-4),
+              "s200l1e-4": dict(steps=200, step_lr=1e-4), "s50l3e-4": dict(steps=50, step_lr=3e-4),
+              "s100nc": dict(steps=100, corrector=False)},
+    "noise": {"base": dict(steps=1000), "base_s1": dict(steps=1000, seed=1),
+              "l5e-6": dict(steps=1000, step_lr=5e-6), "l2e-6": dict(steps=1000, step_lr=2e-6),
+              "l5e-6c2": dict(steps=1000, step_lr=5e-6, n_corrector=2), "nc": dict(steps=1000, corrector=False),
+              "cn0.5": dict(steps=1000, coord_noise=0.5), "ln0.5": dict(steps=1000, lattice_noise=0.5),
+              "ln0": dict(steps=1000, lattice_noise=0.0),
+              "cn0.5ln0.5": dict(steps=1000, coord_noise=0.5, lattice_noise=0.5)},
+}
 
 
-def sweep(ckpt, data, out, n=1000, device=None, seed=0):
-    """CSP samples of the first ``n`` test compositions under each sampler setting of `SWEEP` (one .npz)."""
+def sweep(ckpt, data, out, n=1000, device=None, seed=0, sweep_set="steps"):
+    """CSP samples of the first ``n`` test compositions under each sampler setting of ``SWEEPS[sweep_set]``."""
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     g = load_checkpoint(ckpt, device=dev)
     te = torch.load(data, map_location="cpu", weights_only=True)["test"]
     na = te["num_atoms"].long()[:n]
     ty = te["types"].long()[: int(na.sum())]
+    variants = SWEEPS[sweep_set]
     res, timing = {"num_atoms": na.numpy().astype(np.int16)}, {}
-    for k, kw in SWEEP.items():
+    for k, kw in variants.items():
         _sync()
         t0 = time.time()
-        _, f, lat = sample_tensors(g.model, g.schedules, na, ty, seed=seed, device=dev, **kw)
+        _, f, lat = sample_tensors(g.model, g.schedules, na, ty, device=dev, **{"seed": seed, **kw})
         _sync()
         timing[k] = round(time.time() - t0, 2)
         res[k + "_frac"], res[k + "_lattice"] = f.numpy(), lat.numpy()
         print(k, timing[k], flush=True)
-    res["meta_json"] = np.array(json.dumps({"variants": SWEEP, "timing": timing, "ckpt_meta": g.meta, "N": n}))
+    res["meta_json"] = np.array(json.dumps({"variants": variants, "timing": timing, "ckpt_meta": g.meta, "N": n,
+                                            "seed": seed, "device": str(torch.cuda.get_device_name()
+                                                                        if dev == "cuda" else dev)}))
     np.savez_compressed(out, **res)
     return timing
 
@@ -63,7 +77,7 @@ def parse(spec: str) -> dict:
 def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed=0, device=None,
         cfg_targets=(0.45, 0.75), step_lr_csp=1e-5, step_lr_gen=1e-5, csp_k_n=0, csp_k=20,
         corrector=True, type_noise=1.0, cond=(), cond_guidance: float | str = 1.0, coord_noise=1.0, csp_cond="",
-        csp_guidance=1.0):
+        csp_guidance=1.0, lattice_noise=1.0):
     """`cond`: ("name=value", ...) each sampled `gen_n` times under CFG with `cond_guidance` (tag ``cond_<name>``),
     to compare with the unconditioned ``gen`` samples of the same size (cfg_shift_<name>). `cond_guidance` is one
     strength for every property or "NAME=G[,NAME=G]" per property (others 1.0): under joint guidance one property's
@@ -97,7 +111,8 @@ def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed
             nb = na[i:i + chunk]
             ty = types[int(ptr[i]): int(ptr[i]) + int(nb.sum())]
             z, f, lat = sample_tensors(g.model, g.schedules, nb, ty, steps=steps, step_lr=step_lr_csp, seed=seed + i,
-                                       corrector=corrector, coord_noise=coord_noise, device=dev, **csp_props)
+                                       corrector=corrector, coord_noise=coord_noise, lattice_noise=lattice_noise,
+                                       device=dev, **csp_props)
             zs.append(z), fs.append(f), ls.append(lat)
         _sync()
         timing["csp_s"] = round(time.time() - t0, 2)
@@ -115,8 +130,8 @@ def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed
         t0 = time.time()
         for j in range(csp_k):
             _, f, lat = sample_tensors(g.model, g.schedules, na, types, steps=steps, step_lr=step_lr_csp,
-                                       corrector=corrector, coord_noise=coord_noise, seed=seed + 1000 + j, device=dev,
-                                       **csp_props)
+                                       corrector=corrector, coord_noise=coord_noise, lattice_noise=lattice_noise,
+                                       seed=seed + 1000 + j, device=dev, **csp_props)
             fs.append(f), ls.append(lat)
         _sync()
         timing["csp_k_s"] = round(time.time() - t0, 2)
@@ -132,7 +147,7 @@ def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed
         t0 = time.time()
         z, f, lat = sample_tensors(g.model, g.schedules, na, None, props=props, guidance=guidance, steps=steps,
                                    step_lr=step_lr_gen, corrector=corrector, type_noise=type_noise,
-                                   coord_noise=coord_noise, seed=sd,
+                                   coord_noise=coord_noise, lattice_noise=lattice_noise, seed=sd,
                                    device=dev, elements=g.elements)
         _sync()
         timing[f"{tag}_s"] = round(time.time() - t0, 2)
@@ -159,6 +174,7 @@ def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed
     res["meta_json"] = np.array(json.dumps({"timing": timing, "cond": conds, "cond_joint": joint,
                                             "cond_guidance": cond_guidance, "steps": steps, "corrector": corrector,
                                             "type_noise": type_noise, "coord_noise": coord_noise,
+                                            "lattice_noise": lattice_noise,
                                             "csp_cond": csp_cond, "csp_guidance": csp_guidance,
                                             "step_lr": [step_lr_csp, step_lr_gen], "ckpt_meta": g.meta,
                                             "cfg_targets": list(cfg_targets), "device": str(
@@ -194,6 +210,7 @@ def main(argv=None):
     ap.add_argument("--type-noise", type=float, default=1.0,
                     help="ab initio: scale of the reverse type noise (masked type process: temperature)")
     ap.add_argument("--coord-noise", type=float, default=1.0, help="scale of the reverse coordinate-predictor noise")
+    ap.add_argument("--lattice-noise", type=float, default=1.0, help="scale of the reverse lattice-step noise")
     ap.add_argument("--csp-cond", default="", help="NAME=V[,NAME=V]: condition the CSP samples (e.g. E_hull=0)")
     ap.add_argument("--csp-guidance", type=float, default=1.0)
     ap.add_argument("--cond", nargs="*", default=[],
@@ -202,16 +219,17 @@ def main(argv=None):
     ap.add_argument("--cond-guidance", type=guidance_arg, default=1.0,
                     help="G for every --cond property, or NAME=G[,NAME=G] per property (others 1.0)")
     ap.add_argument("--sweep", type=int, default=0, help="only the sampler sweep on the first N test compositions")
+    ap.add_argument("--sweep-set", choices=sorted(SWEEPS), default="steps", help="which settings --sweep compares")
     a = ap.parse_args(argv)
     if a.cond and a.gen_n <= 0:
         ap.error("--cond samples --gen-n structures per condition: give --gen-n N (N > 0)")
     if a.sweep:
-        print(sweep(a.ckpt, a.data, a.out, a.sweep, a.device, a.seed))
+        print(sweep(a.ckpt, a.data, a.out, a.sweep, a.device, a.seed, a.sweep_set))
         return
     print(run(a.ckpt, a.data, a.out, a.csp_n, a.gen_n, a.cfg_n, a.steps, a.chunk, a.seed, a.device,
               step_lr_csp=a.step_lr, step_lr_gen=a.step_lr, csp_k_n=a.csp_k_n, csp_k=a.csp_k, corrector=a.corrector,
               type_noise=a.type_noise, cond=a.cond, cond_guidance=a.cond_guidance, coord_noise=a.coord_noise,
-              csp_cond=a.csp_cond, csp_guidance=a.csp_guidance))
+              csp_cond=a.csp_cond, csp_guidance=a.csp_guidance, lattice_noise=a.lattice_noise))
 
 
 if __name__ == "__main__":

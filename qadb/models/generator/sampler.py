@@ -28,7 +28,7 @@ def sample_tensors(model, sched, num_atoms: torch.Tensor, types: torch.Tensor | 
                    props: dict | None = None, guidance: dict | None = None, chemsys: torch.Tensor | None = None,
                    chemsys_guidance: float = 0.0, steps: int | None = None, step_lr: float = 1e-5,
                    corrector: bool = True, n_corrector: int = 1, type_noise: float = 1.0, coord_noise: float = 1.0,
-                   seed: int = 0,
+                   lattice_noise: float = 1.0, seed: int = 0,
                    device: str = "cpu", elements: torch.Tensor | None = None):
     """Sample B crystals.
 
@@ -38,8 +38,9 @@ def sample_tensors(model, sched, num_atoms: torch.Tensor, types: torch.Tensor | 
     (1 = the DDPM posterior; below 1 samples the types at a lower temperature); with a masked type process
     (``sched.type_process == "mask"``) it is the temperature of each element's categorical draw. coord_noise scales
     the noise of the reverse-VE coordinate predictor in the same way (0: each predictor step only follows the score;
-    the corrector, when on, still adds its Langevin noise). elements: atomic numbers the
-    final type decoding may choose when no chemsys is given (the checkpoint's training elements; None: any).
+    the corrector, when on, still adds its Langevin noise), and lattice_noise that of the reverse lattice steps.
+    elements: atomic numbers the final type decoding may choose when no chemsys is given (the checkpoint's training
+    elements; None: any).
     Returns (Z [Na], frac [Na,3], lattice rows [B,3,3] Å).
     """
     dev = torch.device(device)
@@ -153,7 +154,7 @@ def sample_tensors(model, sched, num_atoms: torch.Tensor, types: torch.Tensor | 
             a = (a - beta / (1 - ab_t).sqrt() * ea) / alpha.sqrt()
         if s > 0:
             std = (beta * (1 - ab_s) / (1 - ab_t)).sqrt()
-            lat = lat + std * randn(B, 3, 3)
+            lat = lat + lattice_noise * std * randn(B, 3, 3)
             if not csp and not masking:
                 a = a + type_noise * std * randn(Na, N_TYPES)
     if csp:
