@@ -55,6 +55,14 @@ def _structs(d, prefix, n=None):
                          torch.as_tensor(d[f"{prefix}_lattice"][: len(na)]), na)
 
 
+def _sweep_structs(d, variant: str, test_all: list) -> list:
+    """One setting of a `gpu_eval --sweep` file as structures; its types are those of the first test compositions."""
+    na = d["num_atoms"].astype(np.int64)
+    z = np.concatenate([s.atomic_numbers for s in test_all[: len(na)]])
+    return to_structures(torch.as_tensor(z), torch.as_tensor(d[variant + "_frac"]),
+                         torch.as_tensor(d[variant + "_lattice"]), torch.as_tensor(na))
+
+
 def paired_matches(ours: list, theirs: list) -> dict:
     """Two models on the same compositions: who matched where, and McNemar's exact two-sided p on the discordant ones
     (a difference in match rate means little if the disagreements split evenly)."""
@@ -80,11 +88,8 @@ def csp_reference(pairs: list[str], test_all: list, workers: int = 2, own_rms: l
         path, _, variant = path.partition(":")
         d = np.load(path)
         meta[name] = json.loads(str(d["meta_json"]))
-        if variant:  # one setting of a `gpu_eval --sweep` file, whose types are the test compositions'
-            na = d["num_atoms"].astype(np.int64)
-            z = np.concatenate([s.atomic_numbers for s in test_all[: len(na)]])
-            preds = to_structures(torch.as_tensor(z), torch.as_tensor(d[variant + "_frac"]),
-                                  torch.as_tensor(d[variant + "_lattice"]), torch.as_tensor(na))
+        if variant:
+            preds = _sweep_structs(d, variant, test_all)
             meta[name] = {**meta[name], "variant": variant, "settings": meta[name]["variants"][variant]}
         else:
             preds = _structs(d, "csp")
@@ -617,17 +622,15 @@ def main(argv=None):
     if a.npz_sweep:
         d = np.load(a.npz_sweep)
         meta = json.loads(str(d["meta_json"]))
-        na = torch.as_tensor(d["num_atoms"].astype(np.int64))
-        z = blob["test"]["types"][: int(na.sum())].long()
+        n = len(d["num_atoms"])
         rows, first = {}, None
         for k, kw in meta["variants"].items():  # each paired with the first setting (same compositions and seed)
-            preds = to_structures(z, torch.as_tensor(d[k + "_frac"]), torch.as_tensor(d[k + "_lattice"]), na)
-            rms = csp_rms(preds, test_all[: len(na)], a.workers)
+            rms = csp_rms(_sweep_structs(d, k, test_all), test_all[:n], a.workers)
             first = rms if first is None else first
-            rows[k] = {**kw, **csp_metrics(None, test_all[: len(na)], rms=rms), "sample_s": meta["timing"][k],
+            rows[k] = {**kw, **csp_metrics(None, test_all[:n], rms=rms), "sample_s": meta["timing"][k],
                        "paired_with_first": paired_matches(rms, first)}
             print("sweep", k, rows[k], flush=True)
-        res["sampler_sweep"] = {"ckpt_step": meta["ckpt_meta"].get("step"), "n": len(na), "rows": rows}
+        res["sampler_sweep"] = {"ckpt_step": meta["ckpt_meta"].get("step"), "n": n, "rows": rows}
     if a.npz_csp_k:
         d = np.load(a.npz_csp_k)
         na = torch.as_tensor(d["cspk_num_atoms"].astype(np.int64))
