@@ -66,9 +66,9 @@ class GeneratorSource:
         self._loaded: tuple[Path, object] | None = None
 
     def base_checkpoint(self) -> Path:
-        from qadb.models.generator import DEFAULT_CHECKPOINT
+        from qadb.models.generator import default_checkpoint
 
-        return Path(self.settings.get("checkpoint") or DEFAULT_CHECKPOINT)
+        return Path(self.settings.get("checkpoint") or default_checkpoint(self.settings.get("mode", "gen")))
 
     def finetuned_path(self, cycle: int) -> Path:
         """Where the generator fine-tuned after `cycle` is written (atomically; reused on resume)."""

@@ -180,7 +180,8 @@ def train_generator(ctx, data, prepare, from_store, chemsys, limit, state, ckpt,
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--checkpoint", "ckpt", type=click.Path(path_type=Path), default=None,
-              help="Generator checkpoint (default: the committed qadb/data/checkpoints/generator_default.pt).")
+              help="Generator checkpoint (default: the committed generator_csp.pt for csp, generator_default.pt for "
+                   "gen, in qadb/data/checkpoints).")
 @click.option("--candidates", type=click.IntRange(1, 100000), default=None,
               help="csp: sample this many cells and keep the -n with the lowest MLIP energy per atom.")
 @click.option("--rank-mlip", default="chgnet", show_default=True,
@@ -193,7 +194,7 @@ def train_generator(ctx, data, prepare, from_store, chemsys, limit, state, ckpt,
 def sample_cmd(ctx, n, mode, composition, chemsys, conditions, guidance, steps, step_lr, corrector, type_noise,
                coord_noise, threads, num_atoms, seed, device, ckpt, candidates, rank_mlip, to_store, output):
     """Sample crystals from the generator and store them with their provenance."""
-    from qadb.models.generator.api import DEFAULT_CHECKPOINT, sample, sampler_defaults
+    from qadb.models.generator.api import default_checkpoint, sample, sampler_defaults
     from qadb.models.generator.checkpoint import load_checkpoint
 
     if mode == "csp" and not composition:
@@ -213,7 +214,7 @@ def sample_cmd(ctx, n, mode, composition, chemsys, conditions, guidance, steps, 
         raise InputError(f"--guidance for {', '.join(stray)} without a --condition for it")
     if "chemsys" in guid and not chemsys:
         raise InputError("--guidance chemsys=G needs --chemsys")
-    path = Path(ckpt) if ckpt else DEFAULT_CHECKPOINT
+    path = Path(ckpt) if ckpt else default_checkpoint(mode)
     store = open_store(ctx) if to_store else None
     gen = load_checkpoint(path, device=device)
     settings = sampler_defaults(gen, steps=steps, step_lr=step_lr, corrector=corrector, type_noise=type_noise,

@@ -144,12 +144,16 @@ class _Unpicklable:
 
 def test_default_checkpoint_csp_sampling():
     pytest.importorskip("pymatgen")
-    from qadb.models.generator import DEFAULT_CHECKPOINT, sample
+    from qadb.models.generator import CSP_CHECKPOINT, DEFAULT_CHECKPOINT, default_checkpoint, sample
 
-    if not DEFAULT_CHECKPOINT.exists():
-        pytest.skip("default checkpoint not present")
-    assert DEFAULT_CHECKPOINT.stat().st_size < 20 * 2**20
-    structs = sample(DEFAULT_CHECKPOINT, n=2, mode="csp", composition="Na2Cl2", steps=20, seed=3)
+    if not (DEFAULT_CHECKPOINT.exists() and CSP_CHECKPOINT.exists()):
+        pytest.skip("default checkpoints not present")
+    assert default_checkpoint("csp") == CSP_CHECKPOINT and default_checkpoint("gen") == DEFAULT_CHECKPOINT
+    assert DEFAULT_CHECKPOINT.stat().st_size < 20 * 2**20 and CSP_CHECKPOINT.stat().st_size < 20 * 2**20
+    structs = sample(None, n=2, mode="csp", composition="Na2Cl2", steps=20, seed=3)
+    # no checkpoint given: the CSP one, not the ab initio one (same seed, different cells)
+    other = sample(DEFAULT_CHECKPOINT, n=2, mode="csp", composition="Na2Cl2", steps=20, seed=3)
+    assert not all(abs(a.volume - b.volume) < 1e-6 for a, b in zip(structs, other))
     assert len(structs) == 2
     for s in structs:
         assert s.composition.reduced_formula == "NaCl" and len(s) == 4
@@ -320,6 +324,32 @@ def test_cli_sample_stores_with_provenance(tmp_path, embedded_uri):
             assert d.origin.settings["guidance"] == {"compactness": 2.0}
             act = Activity.objects(id=d.origin.activity).first()
             assert act.kind == "sample" and act.status == "completed" and act.inputs[0].id == ck.id
+
+
+def test_cli_sample_registers_the_checkpoint_of_its_mode(tmp_path, embedded_uri):
+    """Without --checkpoint, `qadb sample` takes the committed checkpoint of its mode and records that one."""
+    pytest.importorskip("pymatgen")
+    import hashlib
+
+    from qadb.models.generator import CSP_CHECKPOINT, DEFAULT_CHECKPOINT
+
+    def file_sha256(p):
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+
+    if not (DEFAULT_CHECKPOINT.exists() and CSP_CHECKPOINT.exists()):
+        pytest.skip("default checkpoints not present")
+    for args in (["--mode", "csp", "--composition", "Mg2O2"], ["--mode", "gen", "--chemsys", "Mg-O"]):
+        r = _qadb("--store", embedded_uri, "sample", "-n", "2", "--steps", "3", *args, env_home=tmp_path)
+        assert r.returncode == 0, r.stderr
+    from qadb.store import connect
+    from qadb.store.documents import CheckpointDoc, StructureDoc
+
+    with connect(embedded_uri):
+        by_sha = {c.sha256: c.id for c in CheckpointDoc.objects(kind="generator")}
+        assert set(by_sha) == {file_sha256(CSP_CHECKPOINT), file_sha256(DEFAULT_CHECKPOINT)}
+        for d in StructureDoc.objects(origin__kind="generated"):
+            want = CSP_CHECKPOINT if d.origin.settings["mode"] == "csp" else DEFAULT_CHECKPOINT
+            assert d.origin.checkpoint == by_sha[file_sha256(want)]
 
 
 @pytest.mark.slow

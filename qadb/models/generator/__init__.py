@@ -6,7 +6,8 @@ torch/numpy (they run on the GPU machine from the source tree); ``prepare`` and 
 ``api`` use pymatgen (imported lazily, CPU side).
 """
 
-from qadb.models.generator.api import DEFAULT_CHECKPOINT, sample, train
+from qadb.models.generator.api import CSP_CHECKPOINT, DEFAULT_CHECKPOINT, default_checkpoint, sample, train
 from qadb.models.generator.checkpoint import LoadedGenerator, load_checkpoint
 
-__all__ = ["DEFAULT_CHECKPOINT", "LoadedGenerator", "load_checkpoint", "sample", "train"]
+__all__ = ["CSP_CHECKPOINT", "DEFAULT_CHECKPOINT", "LoadedGenerator", "default_checkpoint", "load_checkpoint", "sample",
+           "train"]

@@ -18,7 +18,16 @@ from qadb.models.generator.checkpoint import LoadedGenerator, load_checkpoint
 from qadb.models.generator.conditions import N_TYPES, canonical
 from qadb.models.generator.sampler import sample_tensors
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "data" / "checkpoints" / "generator_default.pt"
+_CHECKPOINTS = Path(__file__).resolve().parents[2] / "data" / "checkpoints"
+DEFAULT_CHECKPOINT = _CHECKPOINTS / "generator_default.pt"
+CSP_CHECKPOINT = _CHECKPOINTS / "generator_csp.pt"
+
+
+def default_checkpoint(mode: str = "gen") -> Path:
+    """The committed checkpoint for a sampling mode. One model per task, as DiffCSP trains its CSP and ab initio
+    models apart: the structure-prediction one places atoms better but combines elements worse when it samples
+    compositions itself (docs/generator.md, "Session 19")."""
+    return CSP_CHECKPOINT if mode == "csp" and CSP_CHECKPOINT.exists() else DEFAULT_CHECKPOINT
 
 
 def _composition_types(composition) -> list[int]:
@@ -113,7 +122,7 @@ def sample(checkpoint=None, n: int = 1, mode: str = "gen", composition=None, che
     call; by default the idle cores (`cpu_threads`), at least 1: on a shared machine, threads that wait for a busy
     core at every operation make sampling several times slower than one thread.
     """
-    gen = checkpoint if isinstance(checkpoint, LoadedGenerator) else load_checkpoint(checkpoint or DEFAULT_CHECKPOINT)
+    gen = checkpoint if isinstance(checkpoint, LoadedGenerator) else load_checkpoint(checkpoint or default_checkpoint(mode))
     sset = sampler_defaults(gen, steps=steps, step_lr=step_lr, corrector=corrector, type_noise=type_noise,
                             coord_noise=coord_noise, mode=mode)
     if n < 1:
