@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from qadb.errors import CheckpointError
+from qadb.errors import CheckpointError, InputError
 from qadb.models.generator.checkpoint import load_checkpoint
 from qadb.models.generator.conditions import N_TYPES, PROPS
 from qadb.models.generator.diffusion import Schedules, fc_edges, score_norm, wrapped_normal_logp, wrapped_normal_score
@@ -547,12 +547,12 @@ def test_the_committed_from_scratch_state_exports_its_ema_weights_with_dropout(t
     assert all(torch.equal(v.float(), raw["ema"][k].float()) for k, v in g.model.state_dict().items())
 
 
-def test_a_slim_state_resumes_from_its_ema_weights_with_a_fresh_warm_up(tmp_path):
+def _tiny_training_run(tmp_path) -> dict:
+    """A training tensor file of four rock-salt cells and `train` settings for a 2-step CPU run on it."""
     pytest.importorskip("pymatgen")
     from pymatgen.core import Lattice, Structure
 
     from qadb.models.generator.prepare import atomic_radii, pack
-    from qadb.models.generator.train import STATE_KIND, read_raw, slim_state, train
 
     radii = atomic_radii()
     structs = [Structure(Lattice.cubic(a), sp, [[0, 0, 0], [0.5, 0.5, 0.5]])
@@ -561,8 +561,14 @@ def test_a_slim_state_resumes_from_its_ema_weights_with_a_fresh_warm_up(tmp_path
                     props={}, material_id=None, source="test", formula=s.composition.reduced_formula) for s in structs]
     tr = {**pack(records, radii), "radii": torch.from_numpy(radii)}
     torch.save({"train": tr, "test": tr, "meta_json": json.dumps({"train_hash": "t", "counts": {}})}, tmp_path / "d.pt")
-    kw = dict(data=str(tmp_path / "d.pt"), state=str(tmp_path / "st.pt"), max_steps=2, minutes=5, device="cpu",
-              hidden=16, layers=1, n_freq=2, batch_size=2, warmup=10, val_frac=0.25)
+    return dict(data=str(tmp_path / "d.pt"), state=str(tmp_path / "st.pt"), max_steps=2, minutes=5, device="cpu",
+                hidden=16, layers=1, n_freq=2, batch_size=2, warmup=10, val_frac=0.25)
+
+
+def test_a_slim_state_resumes_from_its_ema_weights_with_a_fresh_warm_up(tmp_path):
+    from qadb.models.generator.train import STATE_KIND, read_raw, slim_state, train
+
+    kw = _tiny_training_run(tmp_path)
     train(**kw)
     assert slim_state(str(tmp_path / "st.pt"), str(tmp_path / "slim.pt")) == 2
     slim = read_raw(str(tmp_path / "slim.pt"), STATE_KIND)
@@ -572,6 +578,36 @@ def test_a_slim_state_resumes_from_its_ema_weights_with_a_fresh_warm_up(tmp_path
     assert (rec["step_start"], rec["step_end"]) == (2, 4)
     full = read_raw(str(tmp_path / "slim.pt"), STATE_KIND)  # written back whole: raw weights and Adam moments again
     assert {"model", "opt"} <= set(full) and full["step"] == 4
+
+
+def test_gradients_clipped_by_norm_or_by_value():
+    """"norm" rescales the whole gradient to the bound; "value" clamps each element and leaves small ones as they
+    are (DiffCSP's choice). Both return the norm before clipping, so an inf gradient is still seen and skipped."""
+    from qadb.models.generator.train import clip_gradients
+
+    lin = torch.nn.Linear(2, 1, bias=False)
+
+    def clipped(grad, mode):
+        lin.weight.grad = torch.tensor([grad])
+        return clip_gradients(lin, {"grad_clip": 0.5, "grad_clip_mode": mode}), lin.weight.grad[0].tolist()
+
+    norm, g = clipped([3.0, -0.2], "norm")
+    assert norm.item() == pytest.approx(math.hypot(3.0, 0.2)) and math.hypot(*g) == pytest.approx(0.5)
+    norm, g = clipped([3.0, -0.2], "value")
+    assert norm.item() == pytest.approx(math.hypot(3.0, 0.2)) and g == pytest.approx([0.5, -0.2])
+    norm, g = clipped([float("inf"), 0.1], "value")
+    assert not math.isfinite(norm.item()) and g == pytest.approx([0.5, 0.1])
+
+
+def test_train_rejects_an_unknown_clip_mode_before_writing_anything(tmp_path):
+    from qadb.models.generator.train import train
+
+    kw = _tiny_training_run(tmp_path)
+    with pytest.raises(InputError, match="grad_clip_mode 'bogus'"):
+        train(**kw, grad_clip_mode="bogus")
+    assert not (tmp_path / "st.pt").exists()
+    rec = train(**kw, grad_clip_mode="value", grad_clip=0.5)
+    assert rec["config"]["grad_clip_mode"] == "value" and rec["step_end"] == 2
 
 
 def test_masked_type_process_learns_types_and_samples_categoricals(tmp_path):

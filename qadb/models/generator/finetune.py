@@ -22,7 +22,7 @@ from qadb.models.generator.checkpoint import make_checkpoint, read_raw
 from qadb.models.generator.conditions import PROPS, canonical
 from qadb.models.generator.diffusion import Schedules
 from qadb.models.generator.network import CrystalDenoiser
-from qadb.models.generator.train import DEFAULTS, CrystalData, diffusion_loss
+from qadb.models.generator.train import DEFAULTS, CrystalData, clip_gradients, diffusion_loss
 
 
 def crystals_from_structures(structures: list, prop: str, values: list[float]) -> dict:
@@ -87,7 +87,7 @@ def finetune(parent: str | Path, out: str | Path, new: dict, replay: dict | None
             loss, _ = diffusion_loss(model, sched, b, cfg, raw["radii"].float())
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+            clip_gradients(model, cfg)
             opt.step()
             losses.append(float(loss.detach()))
     finally:

@@ -33,9 +33,11 @@ from qadb.models.generator.network import CrystalDenoiser, grow_fourier
 DEFAULTS = dict(hidden=256, layers=6, n_freq=16, T=1000, sigma_min=0.005, sigma_max=0.5, batch_size=256, lr=1e-3,
                 warmup=500, weight_decay=0.0, ema=0.999, grad_clip=1.0, gen_frac=0.5, p_drop=0.3, p_uncond=0.1,
                 p_chemsys=0.5, w_lattice=1.0, w_coord=1.0, w_type=20.0, lambda_c=0.0, val_frac=0.02, lr_decay="none",
-                lr_min=0.0, dropout=0.0, type_process="gaussian", w_type_mask=1.0)
+                lr_min=0.0, dropout=0.0, type_process="gaussian", w_type_mask=1.0, grad_clip_mode="norm")
 # type_process: "gaussian" (DDPM on the one-hot, loss weight w_type) or "mask" (absorbing-state discrete diffusion,
 # cross-entropy weighted by w_type_mask); a resumed state may switch to "mask" (the type head then learns logits).
+# grad_clip_mode: "norm" clips the global gradient norm to grad_clip; "value" clamps each gradient element to
+# ±grad_clip, as DiffCSP trains (its gradient_clip_algorithm "value").
 # lr_decay="cosine": within each call, lr goes from `lr` to `lr_min` along a half cosine over the call's budget
 # (wall-clock fraction, or step fraction when --max-steps is given); warm-up applies to the first steps only.
 
@@ -48,6 +50,19 @@ def lr_at(cfg: dict, step: int, frac: float) -> float:
         lo = float(cfg.get("lr_min", 0.0))
         base = lo + (base - lo) * 0.5 * (1.0 + math.cos(math.pi * min(max(frac, 0.0), 1.0)))
     return base * min(1.0, (step + 1) / cfg["warmup"])
+
+
+GRAD_CLIP_MODES = ("norm", "value")
+
+
+def clip_gradients(model: nn.Module, cfg: dict) -> torch.Tensor:
+    """Clip the gradients as ``cfg`` says (`train` checks the mode); returns the global norm before clipping, so that
+    a step with a non-finite gradient can be skipped in either mode (clamping by value turns an inf finite)."""
+    if cfg.get("grad_clip_mode", "norm") != "value":
+        return torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+    norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+    torch.nn.utils.clip_grad_value_(model.parameters(), cfg["grad_clip"])
+    return norm
 
 
 def diffusion_config(cfg: dict) -> dict:
@@ -232,6 +247,8 @@ def train(data: str, state: str, ckpt: str | None = None, log: str | None = None
         resumed = read_raw(state, STATE_KIND)
         cfg.update(json.loads(resumed["config_json"]))
     cfg.update({k: v for k, v in overrides.items() if v is not None})
+    if cfg["grad_clip_mode"] not in GRAD_CLIP_MODES:
+        raise InputError(f"grad_clip_mode {cfg['grad_clip_mode']!r} is not one of {', '.join(GRAD_CLIP_MODES)}")
     torch.manual_seed(seed)
     tr_all = blob["train"]
     n = len(tr_all["num_atoms"])
@@ -331,7 +348,7 @@ def train(data: str, state: str, ckpt: str | None = None, log: str | None = None
         loss, o = diffusion_loss(model, sched, b, cfg, radii)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+        gn = clip_gradients(model, cfg)
         if torch.isfinite(gn):
             opt.step()
         with torch.no_grad():
@@ -395,7 +412,7 @@ def probe_throughput(data: str, sizes=(256, 1024, 2048), steps: int = 25, device
             loss, _ = diffusion_loss(model, sched, d.batch(torch.randint(0, d.n, (bs,), device=dev)), DEFAULTS)
             opt.zero_grad()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            clip_gradients(model, DEFAULTS)
             opt.step()
         if dev.type == "cuda":
             torch.cuda.synchronize()
