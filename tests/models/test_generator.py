@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -290,8 +292,6 @@ def test_default_checkpoint_knows_its_training_elements():
 
 def _qadb(*args, env_home):
     import os
-    import subprocess
-    import sys
 
     env = {**os.environ, "QADB_HOME": str(env_home)}
     env.pop("QADB_MONGO_URI", None)
@@ -608,6 +608,13 @@ def test_train_rejects_an_unknown_clip_mode_before_writing_anything(tmp_path):
     assert not (tmp_path / "st.pt").exists()
     rec = train(**kw, grad_clip_mode="value", grad_clip=0.5)
     assert rec["config"]["grad_clip_mode"] == "value" and rec["step_end"] == 2
+    # the module's command line (what runs on the GPU machine) says it in one line and exits non-zero
+    r = subprocess.run([sys.executable, "-m", "qadb.models.generator.train", "--data", kw["data"], "--state",
+                        str(tmp_path / "st2.pt"), "--max-steps", "1", "--device", "cpu", "--grad-clip-mode", "bogus"],
+                       capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: grad_clip_mode 'bogus'"), r.stderr
+    assert not (tmp_path / "st2.pt").exists()
 
 
 def test_masked_type_process_learns_types_and_samples_categoricals(tmp_path):

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qadb.errors import InputError
+from qadb.errors import InputError, QadbError
 from qadb.models.generator.checkpoint import STATE_KIND, FORMAT_VERSION, make_checkpoint, read_raw
 from qadb.models.generator.conditions import N_TYPES, PROP_NORM, PROPS
 from qadb.models.generator.diffusion import TYPE_PROCESSES, Schedules, wrapped_normal_score
@@ -494,4 +494,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except QadbError as e:  # bad input or a corrupt state: one line and a non-zero exit, as the qadb CLI does
+        raise SystemExit(f"error: {e}") from None
