@@ -163,6 +163,18 @@ def test_default_checkpoint_csp_sampling():
         assert all(0 <= x < 1 for x in s.frac_coords.ravel())
 
 
+def test_missing_csp_checkpoint_is_reported_not_replaced(monkeypatch, tmp_path):
+    """Without generator_csp.pt, CSP sampling fails naming the file; it never falls back to the ab initio model."""
+    from qadb.errors import CheckpointError
+    from qadb.models.generator import api
+
+    missing = tmp_path / "generator_csp.pt"
+    monkeypatch.setattr(api, "CSP_CHECKPOINT", missing)
+    assert api.default_checkpoint("csp") == missing and api.default_checkpoint("gen") == api.DEFAULT_CHECKPOINT
+    with pytest.raises(CheckpointError, match="generator_csp.pt"):
+        api.sample(None, n=1, mode="csp", composition="Na2Cl2", steps=2, seed=0)
+
+
 def test_default_checkpoint_gen_chemsys_and_conditions():
     pytest.importorskip("pymatgen")
     from qadb.models.generator import DEFAULT_CHECKPOINT, sample

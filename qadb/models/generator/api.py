@@ -26,8 +26,9 @@ CSP_CHECKPOINT = _CHECKPOINTS / "generator_csp.pt"
 def default_checkpoint(mode: str = "gen") -> Path:
     """The committed checkpoint for a sampling mode. One model per task, as DiffCSP trains its CSP and ab initio
     models apart: the structure-prediction one places atoms better but combines elements worse when it samples
-    compositions itself (docs/generator.md, "Session 19")."""
-    return CSP_CHECKPOINT if mode == "csp" and CSP_CHECKPOINT.exists() else DEFAULT_CHECKPOINT
+    compositions itself (docs/generator.md, "Session 19"). No fallback from one to the other: a missing file is
+    reported when it is loaded, rather than samples silently coming from the model trained for the other task."""
+    return CSP_CHECKPOINT if mode == "csp" else DEFAULT_CHECKPOINT
 
 
 def _composition_types(composition) -> list[int]:
