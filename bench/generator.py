@@ -754,13 +754,7 @@ def main(argv=None):
         details = _flat(json.loads(out.read_text()))
         details.update({k: v for k, v in res.items() if v is not None or k not in details})
         res = details
-    doc = contract(res)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1))
-    md = ["| metric | value | unit | target | direction |", "|---|---|---|---|---|"]
-    md += [f"| {k} | {m['value']} | {m['unit']} | {m['target']} | {m['direction']} |" for k, m in doc["metrics"].items()]
-    out.with_suffix(".md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    write_results(res, out)
 
 
 # the issue's metric names: unit, target, direction ("max" or "min")
@@ -787,6 +781,17 @@ def _flat(doc: dict) -> dict:
     return {**doc.get("details", {}), **{k: v["value"] for k, v in doc.get("metrics", {}).items()}}
 
 
+def write_results(res: dict, out: Path) -> None:
+    """Write the figures as the shared bench JSON at ``out`` and a markdown table beside it; print the table."""
+    doc = contract(res)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1))
+    md = ["| metric | value | unit | target | direction |", "|---|---|---|---|---|"]
+    md += [f"| {k} | {m['value']} | {m['unit']} | {m['target']} | {m['direction']} |" for k, m in doc["metrics"].items()]
+    out.with_suffix(".md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
 def contract(res: dict) -> dict:
     """The shared bench JSON: measured issue metrics under `metrics`, everything else (counts, notes) in `details`."""
     metrics = {k: {"value": res[k], "unit": u, "target": t, "direction": d}
@@ -795,6 +800,7 @@ def contract(res: dict) -> dict:
     details["not_measured"] = [k for k in METRICS if k not in metrics]
     env = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()}
     return {"area": "generator", "quick": bool(res.get("quick")), "env": env, "metrics": metrics, "details": details}
+
 
 if __name__ == "__main__":
     main()

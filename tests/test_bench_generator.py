@@ -189,3 +189,41 @@ def test_comp_validity_uses_the_oxidation_table_of_the_published_figures():
     s = Structure(Lattice.cubic(5.6), ["Ba", "Ca", "O", "O", "O"], [[0, 0, 0], [.5, .5, .5], [.5, 0, 0], [0, .5, 0],
                                                                       [0, 0, .5]])
     assert gen_bench.comp_validity([s, s]) == 100.0 and gen_bench.comp_validity([s], "icsd24") == 0.0
+
+
+def test_assemble_takes_csp_figures_from_the_csp_files_and_the_rest_from_the_gen_file(tmp_path):
+    """bench/_assemble_generator.py: one results file from two checkpoints' scored files (one per task)."""
+    assemble = pytest.importorskip("bench._assemble_generator")
+
+    def write(name, res):
+        (tmp_path / name).write_text(json.dumps(gen_bench.contract(res)))
+        return str(tmp_path / name)
+
+    gen = write("gen.json", {"comp_validity": 85.2, "csp_match_rate_1": 34.5, "csp_rmse_1": 0.094, "csp_n": 9046,
+                             "checkpoint": {"run": "r14", "step": 132063}, "history": "r12 elsewhere"})
+    full = write("full.json", {"csp_match_rate_1": 45.3, "csp_rmse_1": 0.081, "csp_n": 9046,
+                               "csp_meta": {"ckpt_meta": {"run": "scratch", "step": 72193, "data_hash": "f6"}}})
+    k20 = write("k20.json", {"csp_match_rate_20": 84.0, "csp_match_rate_1_ranked": 55.7, "csp_match_rate_1": 40.0})
+    k8 = write("k8.json", {"csp_match_rate_1_ranked": 59.3, "csp_match_rate_8": 75.3, "csp_match_rate_1": 47.0})
+    pair = write("pair.json", {"csp_match_rate_1": 42.9, "csp_rmse_1": 0.16, "csp_n": 1000, "csp_reference": {
+        "r14": {"csp_match_rate_1": 37.9, "csp_rmse_1": 0.18, "paired_with_this": {"only_this": 129}}}})
+    out = tmp_path / "out.json"
+    assemble.main(["--gen", gen, "--csp-full", full, "--csp-k20", k20, "--csp-k8", k8, "--cpu-pair", pair,
+                   "--history", "older figures in r14.json", "--out", str(out)])
+    doc = json.loads(out.read_text())
+    m, d = {k: v["value"] for k, v in doc["metrics"].items()}, doc["details"]
+    # the 1-sample figure is the whole test set's, never a k-sample file's first sample
+    assert m["csp_match_rate_1"] == 45.3 and m["csp_rmse_1"] == 0.081 and m["comp_validity"] == 85.2
+    assert m["csp_match_rate_20"] == 84.0 and m["csp_match_rate_1_ranked"] == 59.3
+    assert d["csp_match_rate_1_ranked_20x100steps"] == 55.7 and d["csp_match_rate_8"] == 75.3
+    assert d["csp_cpu_default"]["csp_match_rate_1"] == 42.9
+    assert d["csp_cpu_default"]["paired_with_r14"] == {"only_this": 129}
+    assert d["csp_reference"]["r14"]["csp_match_rate_1"] == 34.5  # what the file held before moves aside
+    assert d["checkpoint"]["csp"]["step"] == 72193 and d["checkpoint"]["gen"]["run"] == "r14"
+    assert d["history"] == "r12 elsewhere; older figures in r14.json"
+    assert (tmp_path / "out.md").read_text().count("csp_match_rate_1 | 45.3") == 1
+    with pytest.raises(SystemExit, match="has no csp_match_rate_1"):
+        assemble.main(["--gen", gen, "--csp-full", write("x.json", {"comp_validity": 80.0}),
+                       "--out", str(tmp_path / "y.json")])
+    with pytest.raises(SystemExit, match="cannot read results file"):
+        assemble.main(["--gen", str(tmp_path / "nope.json"), "--csp-full", full, "--out", str(tmp_path / "z.json")])

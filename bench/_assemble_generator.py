@@ -1,0 +1,104 @@
+"""Rebuild `bench/results/generator.json` when its CSP and its ab initio figures come from two checkpoints.
+
+Since session 19 the platform ships one generator checkpoint per task (docs/generator.md, "Session 19"), so the
+results file joins the scored files of both: every `csp*` figure from the CSP checkpoint's files (all 9,046 at 1
+sample; optionally k samples, an MLIP-ranked pick, the CPU-default pair), every other figure from a results file of
+the ab initio checkpoint. `details.checkpoint` names the checkpoint behind each group, and the CSP figures the file
+held before move to `details.csp_reference`.
+
+    python bench/_assemble_generator.py --gen bench/results/generator_r14.json --csp-full csp_full.json \
+        [--csp-k20 cspk20.json] [--csp-k8 cspk8.json] [--cpu-pair pair_cpu.json] [--out bench/results/generator.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from generator import _flat, write_results  # noqa: E402
+
+CSP_HEADLINE = ("csp_match_rate_1", "csp_rmse_1", "csp_n")
+
+
+def _read(path: str | Path) -> dict:
+    try:
+        return _flat(json.loads(Path(path).read_text()))
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: cannot read results file {path}: {e}") from None
+
+
+def _csp_only(res: dict, path: str | Path, need: str) -> dict:
+    if need not in res:
+        raise SystemExit(f"error: {path} has no {need}: not a scored CSP file of the kind this option takes")
+    return {k: v for k, v in res.items() if k.startswith("csp")}
+
+
+def _gen_checkpoint(gen: dict, gen_file: str) -> dict:
+    ck = gen.get("checkpoint") or {}
+    return {"file": gen_file, **ck.get("gen", ck)}
+
+
+def assemble(gen: dict, gen_path: str, csp_full: dict, csp_full_path: str, csp_k20: dict | None = None,
+             csp_k8: dict | None = None, cpu_pair: dict | None = None, csp_file: str = "", gen_file: str = "",
+             note: str = "", ranked_settings: str = "", cpu_settings: str = "", history: str = "") -> dict:
+    """The flat figures of the joined results file (`write_results` writes them)."""
+    res = {k: v for k, v in gen.items() if not k.startswith("csp")}
+    before = gen.get("checkpoint") or {}
+    label = (before.get("csp") or before).get("run") or gen_path
+    reference = {name: {k: v for k, v in ref.items() if k in (*CSP_HEADLINE, "source")}
+                 for name, ref in (gen.get("csp_reference") or {}).items()}
+    if "csp_match_rate_1" in gen:
+        reference[label] = {k: gen[k] for k in CSP_HEADLINE if k in gen} | {"source": gen_path}
+    res.update(_csp_only(csp_full, csp_full_path, "csp_match_rate_1"))
+    if csp_k20 is not None:
+        k20 = _csp_only(csp_k20, "--csp-k20", "csp_match_rate_20")
+        res.update({k: v for k, v in k20.items() if "ranked" not in k and k not in CSP_HEADLINE})
+        res.update({f"{k}_20x100steps": v for k, v in k20.items() if "ranked" in k})
+    if csp_k8 is not None:  # the 1-sample headline is the whole test set's, never a k-sample file's first sample
+        res.update({k: v for k, v in _csp_only(csp_k8, "--csp-k8", "csp_match_rate_1_ranked").items()
+                    if k not in CSP_HEADLINE})
+        if ranked_settings:
+            res["csp_match_rate_1_ranked_settings"] = ranked_settings
+    if cpu_pair is not None:
+        pair = _csp_only(cpu_pair, "--cpu-pair", "csp_match_rate_1")
+        res["csp_cpu_default"] = {"settings": cpu_settings, **{k: pair[k] for k in CSP_HEADLINE}}
+        for name, ref in (pair.get("csp_reference") or {}).items():
+            res["csp_cpu_default"][f"paired_with_{name}"] = ref["paired_with_this"]
+            res["csp_cpu_default"][name] = {k: ref[k] for k in CSP_HEADLINE[:2]}
+    res["csp_reference"] = reference
+    ck = (csp_full.get("csp_meta") or {}).get("ckpt_meta") or {}
+    res["checkpoint"] = {
+        "csp": {"file": csp_file, "run": ck.get("run"), "step": ck.get("step"), "data_hash": ck.get("data_hash"),
+                "figures": "every csp_* metric and detail", "note": note},
+        "gen": {**_gen_checkpoint(gen, gen_file), "figures": "every other metric"}}
+    if history:
+        res["history"] = "; ".join(h for h in (gen.get("history"), history) if h)
+    return res
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--gen", required=True, help="results file of the ab initio checkpoint (its non-CSP figures)")
+    ap.add_argument("--csp-full", required=True, help="bench/generator.py --npz-csp output on the whole test set")
+    ap.add_argument("--csp-k20", help="bench/generator.py --npz-csp-k output (k samples; ranked pick as _20x100steps)")
+    ap.add_argument("--csp-k8", help="bench/generator.py --npz-csp-k --rank-mlip output whose ranked pick is reported")
+    ap.add_argument("--cpu-pair", help="bench/generator.py --npz-csp output at the CPU default, with --reference")
+    ap.add_argument("--csp-file", default="qadb/data/checkpoints/generator_csp.pt")
+    ap.add_argument("--gen-file", default="qadb/data/checkpoints/generator_default.pt")
+    ap.add_argument("--note", default="", help="how the CSP checkpoint was trained")
+    ap.add_argument("--ranked-settings", default="", help="how the ranked candidates were drawn")
+    ap.add_argument("--cpu-settings", default="100 steps, no corrector, coord_noise 0, seed 0, on the CPU")
+    ap.add_argument("--history", default="", help="appended to details.history (where older figures are kept)")
+    ap.add_argument("--out", default="bench/results/generator.json")
+    a = ap.parse_args(argv)
+    opt = {k: (_read(getattr(a, k)) if getattr(a, k) else None) for k in ("csp_k20", "csp_k8", "cpu_pair")}
+    res = assemble(_read(a.gen), a.gen, _read(a.csp_full), a.csp_full, **opt, csp_file=a.csp_file, gen_file=a.gen_file,
+                   note=a.note, ranked_settings=a.ranked_settings, cpu_settings=a.cpu_settings, history=a.history)
+    write_results(res, Path(a.out))
+
+
+if __name__ == "__main__":
+    main()
