@@ -30,18 +30,13 @@ def _read(path: str | Path) -> dict:
         raise SystemExit(f"error: cannot read results file {path}: {e}") from None
 
 
-def _csp_only(res: dict, path: str | Path, need: str) -> dict:
+def _csp_only(res: dict, option: str, need: str) -> dict:
     if need not in res:
-        raise SystemExit(f"error: {path} has no {need}: not a scored CSP file of the kind this option takes")
+        raise SystemExit(f"error: the {option} file has no {need}: not a scored CSP file of the kind it takes")
     return {k: v for k, v in res.items() if k.startswith("csp")}
 
 
-def _gen_checkpoint(gen: dict, gen_file: str) -> dict:
-    ck = gen.get("checkpoint") or {}
-    return {"file": gen_file, **ck.get("gen", ck)}
-
-
-def assemble(gen: dict, gen_path: str, csp_full: dict, csp_full_path: str, csp_k20: dict | None = None,
+def assemble(gen: dict, gen_path: str, csp_full: dict, csp_k20: dict | None = None,
              csp_k8: dict | None = None, cpu_pair: dict | None = None, csp_file: str = "", gen_file: str = "",
              note: str = "", ranked_settings: str = "", cpu_settings: str = "", history: str = "") -> dict:
     """The flat figures of the joined results file (`write_results` writes them)."""
@@ -52,7 +47,7 @@ def assemble(gen: dict, gen_path: str, csp_full: dict, csp_full_path: str, csp_k
                  for name, ref in (gen.get("csp_reference") or {}).items()}
     if "csp_match_rate_1" in gen:
         reference[label] = {k: gen[k] for k in CSP_HEADLINE if k in gen} | {"source": gen_path}
-    res.update(_csp_only(csp_full, csp_full_path, "csp_match_rate_1"))
+    res.update(_csp_only(csp_full, "--csp-full", "csp_match_rate_1"))
     if csp_k20 is not None:
         k20 = _csp_only(csp_k20, "--csp-k20", "csp_match_rate_20")
         res.update({k: v for k, v in k20.items() if "ranked" not in k and k not in CSP_HEADLINE})
@@ -73,7 +68,7 @@ def assemble(gen: dict, gen_path: str, csp_full: dict, csp_full_path: str, csp_k
     res["checkpoint"] = {
         "csp": {"file": csp_file, "run": ck.get("run"), "step": ck.get("step"), "data_hash": ck.get("data_hash"),
                 "figures": "every csp_* metric and detail", "note": note},
-        "gen": {**_gen_checkpoint(gen, gen_file), "figures": "every other metric"}}
+        "gen": {"file": gen_file, **before.get("gen", before), "figures": "every other metric"}}
     if history:
         res["history"] = "; ".join(h for h in (gen.get("history"), history) if h)
     return res
@@ -95,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="bench/results/generator.json")
     a = ap.parse_args(argv)
     opt = {k: (_read(getattr(a, k)) if getattr(a, k) else None) for k in ("csp_k20", "csp_k8", "cpu_pair")}
-    res = assemble(_read(a.gen), a.gen, _read(a.csp_full), a.csp_full, **opt, csp_file=a.csp_file, gen_file=a.gen_file,
+    res = assemble(_read(a.gen), a.gen, _read(a.csp_full), **opt, csp_file=a.csp_file, gen_file=a.gen_file,
                    note=a.note, ranked_settings=a.ranked_settings, cpu_settings=a.cpu_settings, history=a.history)
     write_results(res, Path(a.out))
 

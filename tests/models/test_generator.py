@@ -165,7 +165,6 @@ def test_default_checkpoint_csp_sampling():
 
 def test_missing_csp_checkpoint_is_reported_not_replaced(monkeypatch, tmp_path):
     """Without generator_csp.pt, CSP sampling fails naming the file; it never falls back to the ab initio model."""
-    from qadb.errors import CheckpointError
     from qadb.models.generator import api
 
     missing = tmp_path / "generator_csp.pt"

@@ -123,7 +123,8 @@ def sample(checkpoint=None, n: int = 1, mode: str = "gen", composition=None, che
     call; by default the idle cores (`cpu_threads`), at least 1: on a shared machine, threads that wait for a busy
     core at every operation make sampling several times slower than one thread.
     """
-    gen = checkpoint if isinstance(checkpoint, LoadedGenerator) else load_checkpoint(checkpoint or default_checkpoint(mode))
+    gen = (checkpoint if isinstance(checkpoint, LoadedGenerator)
+           else load_checkpoint(checkpoint or default_checkpoint(mode)))
     sset = sampler_defaults(gen, steps=steps, step_lr=step_lr, corrector=corrector, type_noise=type_noise,
                             coord_noise=coord_noise, mode=mode)
     if n < 1:
