@@ -54,27 +54,6 @@ MLIPS = [("chgnet-0.3.0", None, "PBE+U/FERE"), ("chgnet-r2scan", None, "r2SCAN")
          ("sevennet-mf-0", "PBE", "PBE+U/FERE"), ("sevennet-mf-0", "R2SCAN", "r2SCAN")]
 
 
-def _mlip_energies(mlip, structures) -> np.ndarray:
-    """Single-point energy per atom of each structure (the structure as given, no relaxation)."""
-    from pymatgen.io.ase import AseAtomsAdaptor
-
-    calc = mlip.calculator()
-    model = getattr(calc, "model", None)
-    if model is not None and hasattr(model, "predict_structure"):  # CHGNet: batched, energy only
-        import contextlib
-
-        with contextlib.redirect_stdout(sys.stderr):
-            preds = model.predict_structure(list(structures), task="e", batch_size=32)
-        return np.array([float(np.asarray(p["e"]).reshape(-1)[0]) for p in preds])
-    out = []
-    for s in structures:
-        atoms = AseAtomsAdaptor.get_atoms(s)
-        calc.reset()
-        atoms.calc = calc
-        out.append(float(atoms.get_potential_energy()) / len(atoms))
-    return np.array(out)
-
-
 def _fit_mu(X, e, y, lam=1e-3):
     """Per-element chemical potentials: y ≈ e - X @ mu (ridge), X = element fractions."""
     A = X.T @ X + lam * np.eye(X.shape[1])
@@ -117,7 +96,7 @@ def mlip_baselines(all_recs, n_mp_test: int, n_mp_train: int, seed: int, validat
     for name, head, target in MLIPS:
         m = load_mlip(name, head=head)
         t1 = time.time()
-        e = _mlip_energies(m, fs)
+        e = m.energies_per_atom(fs)
         print(f"{m.fidelity}: {len(fs)} FERE structures in {time.time() - t1:.0f}s", file=sys.stderr, flush=True)
         y_t = np.array([dft[target][r["formula"]] for r in fere])
         f_t = e - Xf @ _fit_mu(Xf[~te], e[~te], y_t[~te])
@@ -152,7 +131,7 @@ def mlip_baselines(all_recs, n_mp_test: int, n_mp_train: int, seed: int, validat
             continue
         m = load_mlip(name, head=head)
         t1 = time.time()
-        e_tr, e_ts = _mlip_energies(m, s_tr), _mlip_energies(m, s_ts)
+        e_tr, e_ts = m.energies_per_atom(s_tr), m.energies_per_atom(s_ts)
         print(f"{m.fidelity}: {len(s_tr) + len(s_ts)} MP structures in {time.time() - t1:.0f}s", file=sys.stderr, flush=True)
         f = e_ts - X_ts @ _fit_mu(X_tr, e_tr, y_tr)
         res["mp"][m.fidelity] = float(np.mean(np.abs(f - y_ts)))

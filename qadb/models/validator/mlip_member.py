@@ -32,12 +32,10 @@ Test rows are evaluated only by ``bench/validator.py``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -81,24 +79,7 @@ def mlip_energy_per_atom(structures, key: str = "chgnet-0.3.0", batch_size: int 
     structures = [structure_from_any(s) for s in structures]
     if not structures:
         return np.zeros(0)
-    calc = load_mlip(key).calculator()
-    model = getattr(calc, "model", None)
-    if model is not None and hasattr(model, "predict_structure"):  # CHGNet: batched, energy only
-        with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            preds = model.predict_structure(structures, task="e", batch_size=batch_size)
-        if isinstance(preds, dict):
-            preds = [preds]
-        return np.array([float(np.asarray(p["e"]).reshape(-1)[0]) for p in preds])
-    from pymatgen.io.ase import AseAtomsAdaptor
-
-    out = []
-    for s in structures:
-        atoms = AseAtomsAdaptor.get_atoms(s)
-        calc.reset()
-        atoms.calc = calc
-        out.append(float(atoms.get_potential_energy()) / len(atoms))
-    return np.array(out)
+    return load_mlip(key).energies_per_atom(structures, batch_size)
 
 
 def mlip_fidelity(key: str) -> str:
