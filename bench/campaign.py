@@ -224,6 +224,22 @@ def env_info() -> dict:
             "numpy": np.__version__, "scikit-learn": version("scikit-learn"), "platform": platform.platform()}
 
 
+def _update_results(out: Path, metrics: dict, env_key: str, extra: dict, drop_prefix: str = "") -> dict:
+    """Merge one part's metrics (and its extra fields and environment) into an existing results file, so a part
+    can be re-measured without re-running the others; metrics starting with ``drop_prefix`` are replaced whole."""
+    result = json.loads(out.read_text())
+    if drop_prefix:
+        result["metrics"] = {k: v for k, v in result["metrics"].items() if not k.startswith(drop_prefix)}
+    result["metrics"].update(metrics)
+    result.update(extra)
+    result[env_key] = env_info()
+    out.write_text(json.dumps(result, indent=1, default=float) + "\n")
+    print("| metric | value | unit |\n|---|---|---|")
+    for k, m in metrics.items():
+        print(f"| {k} | {m['value']:.4g} | {m['unit']} |")
+    return result
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
@@ -239,38 +255,18 @@ def main(argv=None) -> dict:
     ap.add_argument("--inverse-home", default=None, help="With --inverse-only: score the run in this QADB_HOME instead.")
     args = ap.parse_args(argv)
     if args.inverse_only:
-        result = json.loads(args.out.read_text())
         metrics, cycles = inverse_campaign(args.inverse_home)
         # one run's inverse metrics only: nothing left over from an earlier run with more cycles or other fields
-        result["metrics"] = {k: v for k, v in result["metrics"].items() if not k.startswith("inverse_")}
-        result["metrics"].update(metrics)
-        result["inverse_cycles"] = cycles
-        result["env_inverse"] = env_info()
-        args.out.write_text(json.dumps(result, indent=1, default=float) + "\n")
-        print("| metric | value | unit |\n|---|---|---|")
-        for k, m in metrics.items():
-            print(f"| {k} | {m['value']} | {m['unit']} |")
-        return result
+        return _update_results(args.out, metrics, "env_inverse", {"inverse_cycles": cycles}, drop_prefix="inverse_")
     if args.pyscf_only:
-        result = json.loads(args.out.read_text())
         metrics, rows = pyscf_campaign(args.pyscf_home)
-        result["metrics"].update(metrics)
-        result["pyscf_campaign_labels"] = rows
-        result["env_pyscf"] = env_info()
-        args.out.write_text(json.dumps(result, indent=1, default=float) + "\n")
-        print("| metric | value | unit |\n|---|---|---|")
-        for k, m in metrics.items():
-            print(f"| {k} | {m['value']:.4g} | {m['unit']} |")
+        result = _update_results(args.out, metrics, "env_pyscf", {"pyscf_campaign_labels": rows})
         for r in rows:
             print(r)
         return result
     if args.quickstart_only:
-        result = json.loads(args.out.read_text())
-        result["metrics"]["quickstart_wall_s"] = metric(quickstart_wall(), "s", 300, "min")
-        result["env_quickstart"] = env_info()
-        args.out.write_text(json.dumps(result, indent=1, default=float) + "\n")
-        print(f"| quickstart_wall_s | {result['metrics']['quickstart_wall_s']['value']:.1f} | 300 |")
-        return result
+        metrics = {"quickstart_wall_s": metric(quickstart_wall(), "s", 300, "min")}
+        return _update_results(args.out, metrics, "env_quickstart", {})
 
     seeds = [0, 1] if args.quick else [0, 1, 2, 3, 4]
     budget, init, top_k = (80, 20, 20) if args.quick else (150, 20, 20)
