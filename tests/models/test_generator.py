@@ -217,6 +217,40 @@ def test_gpu_eval_conditions_single_joint_and_csp(tmp_path):
     assert json.loads(str(c["meta_json"]))["cond_guidance"] == "C=3"
 
 
+def test_gpu_eval_csp_resume_equals_one_run_and_refuses_another_run(tmp_path, capsys):
+    """A CSP run cut short and resumed (`--csp-resume`) gives the same samples as one uninterrupted run (the seeds
+    follow the chunks); a file of other settings or other compositions is refused in one line, nothing written."""
+    import numpy as np
+
+    from qadb.models.generator import DEFAULT_CHECKPOINT
+    from qadb.models.generator.gpu_eval import main
+
+    if not DEFAULT_CHECKPOINT.exists():
+        pytest.skip("default checkpoint not present")
+    data = tmp_path / "d.pt"
+    na = torch.tensor([2, 3, 2, 1, 2])
+    torch.save({"test": {"num_atoms": na, "types": torch.tensor([11, 17, 12, 8, 8, 3, 9, 29, 14, 6])}}, data)
+    base = ["--ckpt", str(DEFAULT_CHECKPOINT), "--data", str(data), "--steps", "3", "--no-corrector",
+            "--device", "cpu", "--chunk", "2"]
+    main([*base, "--csp-n", "5", "--out", str(tmp_path / "whole.npz")])
+    main([*base, "--csp-n", "4", "--out", str(tmp_path / "part.npz")])
+    main([*base, "--csp-n", "5", "--csp-resume", str(tmp_path / "part.npz"), "--out", str(tmp_path / "joined.npz")])
+    whole, joined = np.load(tmp_path / "whole.npz"), np.load(tmp_path / "joined.npz")
+    for k in ("csp_z", "csp_frac", "csp_lattice", "csp_num_atoms"):
+        assert np.array_equal(whole[k], joined[k]), k
+    assert "csp_s_resumed" in json.loads(str(joined["meta_json"]))["timing"]
+    capsys.readouterr()
+    for extra, why in ((["--steps", "4"], "steps"), (["--chunk", "3"], "chunk")):
+        with pytest.raises(SystemExit) as e:
+            main([*base, "--csp-n", "5", "--csp-resume", str(tmp_path / "part.npz"), "--out",
+                  str(tmp_path / "bad.npz"), *extra])
+        assert why in str(e.value) and str(e.value).count("\n") == 0
+    torch.save({"test": {"num_atoms": na, "types": torch.tensor([11, 17, 12, 8, 9, 3, 9, 29, 14, 6])}}, data)
+    with pytest.raises(SystemExit, match="test compositions"):
+        main([*base, "--csp-n", "5", "--csp-resume", str(tmp_path / "part.npz"), "--out", str(tmp_path / "bad.npz")])
+    assert not (tmp_path / "bad.npz").exists()
+
+
 def test_gpu_eval_cond_without_gen_n_is_a_usage_error(tmp_path, capsys):
     """--cond samples --gen-n structures per condition; without --gen-n it used to crash inside torch."""
     from qadb.models.generator.gpu_eval import main

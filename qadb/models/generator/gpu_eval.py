@@ -77,11 +77,13 @@ def parse(spec: str) -> dict:
 def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed=0, device=None,
         cfg_targets=(0.45, 0.75), step_lr_csp=1e-5, step_lr_gen=1e-5, csp_k_n=0, csp_k=20,
         corrector=True, type_noise=1.0, cond=(), cond_guidance: float | str = 1.0, coord_noise=1.0, csp_cond="",
-        csp_guidance=1.0, lattice_noise=1.0):
+        csp_guidance=1.0, lattice_noise=1.0, csp_resume=None):
     """`cond`: ("name=value", ...) each sampled `gen_n` times under CFG with `cond_guidance` (tag ``cond_<name>``),
     to compare with the unconditioned ``gen`` samples of the same size (cfg_shift_<name>). `cond_guidance` is one
     strength for every property or "NAME=G[,NAME=G]" per property (others 1.0): under joint guidance one property's
-    branch can drown the other's."""
+    branch can drown the other's. `csp_resume`: an earlier file of this run cut short (fewer than `csp_n`
+    compositions); its samples are kept and the rest drawn, so the result equals one uninterrupted run (a CPU run
+    over the whole test set takes hours)."""
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dev == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -98,16 +100,22 @@ def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed
     per_prop = parse(str(cond_guidance)) if "=" in str(cond_guidance) else {}
     base_guidance = 1.0 if per_prop else float(cond_guidance)
     cp = normalised(parse(csp_cond))
+    csp_settings = {"steps": steps, "corrector": corrector, "coord_noise": coord_noise, "lattice_noise": lattice_noise,
+                    "step_lr_csp": step_lr_csp, "csp_cond": csp_cond, "csp_guidance": csp_guidance, "seed": seed,
+                    "chunk": chunk, "device": str(torch.cuda.get_device_name() if dev == "cuda" else dev)}
     csp_props = {"props": cp, "guidance": {p: csp_guidance for p in cp}} if cp else {}
     if csp_n:
         te = torch.load(data, map_location="cpu", weights_only=True)["test"]
         na = te["num_atoms"].long()[:csp_n]
         types = te["types"].long()[: int(na.sum())]
         ptr = torch.cumsum(na, 0) - na
-        zs, fs, ls = [], [], []
+        zs, fs, ls, spent = [], [], [], 0.0
+        if csp_resume:
+            zs, fs, ls, spent = _resumed_csp(csp_resume, na, types, chunk, csp_settings, g.meta)
+        start = sum(len(x) for x in ls)
         _sync()
         t0 = time.time()
-        for i in range(0, len(na), chunk):
+        for i in range(start, len(na), chunk):
             nb = na[i:i + chunk]
             ty = types[int(ptr[i]): int(ptr[i]) + int(nb.sum())]
             z, f, lat = sample_tensors(g.model, g.schedules, nb, ty, steps=steps, step_lr=step_lr_csp, seed=seed + i,
@@ -115,7 +123,9 @@ def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed
                                        device=dev, **csp_props)
             zs.append(z), fs.append(f), ls.append(lat)
         _sync()
-        timing["csp_s"] = round(time.time() - t0, 2)
+        timing["csp_s"] = round(time.time() - t0 + spent, 2)
+        if csp_resume:
+            timing["csp_s_resumed"] = round(spent, 2)
         res.update(csp_z=torch.cat(zs).numpy().astype(np.int16), csp_frac=torch.cat(fs).numpy(),
                    csp_lattice=torch.cat(ls).numpy(), csp_num_atoms=na.numpy().astype(np.int16))
         print(f"csp {len(na)} structures in {timing['csp_s']} s", flush=True)
@@ -171,16 +181,41 @@ def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed
         gen(gen_n, props=normalised(pairs), guidance={p: per_prop.get(p, base_guidance) for p in pairs}, tag=tag,
             sd=seed + 10 + k)
         (joint if len(pairs) > 1 else conds).update(pairs)
-    res["meta_json"] = np.array(json.dumps({"timing": timing, "cond": conds, "cond_joint": joint,
-                                            "cond_guidance": cond_guidance, "steps": steps, "corrector": corrector,
-                                            "type_noise": type_noise, "coord_noise": coord_noise,
-                                            "lattice_noise": lattice_noise,
-                                            "csp_cond": csp_cond, "csp_guidance": csp_guidance,
-                                            "step_lr": [step_lr_csp, step_lr_gen], "ckpt_meta": g.meta,
-                                            "cfg_targets": list(cfg_targets), "device": str(
-                                                torch.cuda.get_device_name() if dev == "cuda" else dev)}))
+    res["meta_json"] = np.array(json.dumps({
+        **csp_settings, "timing": timing, "cond": conds, "cond_joint": joint, "cond_guidance": cond_guidance,
+        "type_noise": type_noise, "step_lr": [step_lr_csp, step_lr_gen], "ckpt_meta": g.meta,
+        "cfg_targets": list(cfg_targets)}))
     np.savez_compressed(out, **res)
     return timing
+
+
+def _resumed_csp(path, na: torch.Tensor, types: torch.Tensor, chunk: int, settings: dict, ckpt_meta: dict):
+    """The CSP samples of an earlier, shorter file of the same run, as per-chunk lists (z, frac, lattice) and its
+    sampling seconds; ValueError, naming the difference, unless its compositions, sampler settings, checkpoint and
+    chunk boundaries are this run's (then seeds, which follow the chunk's first index, line up too)."""
+    try:
+        d = np.load(path)
+        meta = json.loads(str(d["meta_json"]))
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"cannot resume from {path}: not a readable gpu_eval file ({e})") from None
+    n = len(d["csp_num_atoms"]) if "csp_num_atoms" in d else 0
+    n_at = int(na[:n].sum())
+    diff = [k for k, v in settings.items() if meta.get(k) != v]
+    if meta.get("ckpt_meta") != json.loads(json.dumps(ckpt_meta)):
+        diff.append("checkpoint")
+    if not n or n > len(na) or not np.array_equal(d["csp_num_atoms"], na[:n].numpy()) \
+            or not np.array_equal(d["csp_z"], types[:n_at].numpy()):
+        diff.append("test compositions")
+    if diff:
+        raise ValueError(f"cannot resume from {path}: its {', '.join(diff)} differ from this run's")
+    if n % chunk and n != len(na):
+        raise ValueError(f"cannot resume from {path}: its {n} compositions end inside a chunk of {chunk}")
+    ptr = np.concatenate([[0], np.cumsum(d["csp_num_atoms"].astype(np.int64))])
+    cut = [(i, min(i + chunk, n)) for i in range(0, n, chunk)]
+    zs = [torch.as_tensor(d["csp_z"][ptr[a]:ptr[b]]).long() for a, b in cut]
+    fs = [torch.as_tensor(d["csp_frac"][ptr[a]:ptr[b]]) for a, b in cut]
+    ls = [torch.as_tensor(d["csp_lattice"][a:b]) for a, b in cut]
+    return zs, fs, ls, float(meta["timing"].get("csp_s", 0.0))
 
 
 def guidance_arg(value: str) -> float | str:
@@ -218,6 +253,7 @@ def main(argv=None):
                          "(tag cond_joint)")
     ap.add_argument("--cond-guidance", type=guidance_arg, default=1.0,
                     help="G for every --cond property, or NAME=G[,NAME=G] per property (others 1.0)")
+    ap.add_argument("--csp-resume", help="an earlier --out of this CSP run cut short: keep its samples, draw the rest")
     ap.add_argument("--sweep", type=int, default=0, help="only the sampler sweep on the first N test compositions")
     ap.add_argument("--sweep-set", choices=sorted(SWEEPS), default="steps", help="which settings --sweep compares")
     a = ap.parse_args(argv)
@@ -226,10 +262,15 @@ def main(argv=None):
     if a.sweep:
         print(sweep(a.ckpt, a.data, a.out, a.sweep, a.device, a.seed, a.sweep_set))
         return
-    print(run(a.ckpt, a.data, a.out, a.csp_n, a.gen_n, a.cfg_n, a.steps, a.chunk, a.seed, a.device,
-              step_lr_csp=a.step_lr, step_lr_gen=a.step_lr, csp_k_n=a.csp_k_n, csp_k=a.csp_k, corrector=a.corrector,
-              type_noise=a.type_noise, cond=a.cond, cond_guidance=a.cond_guidance, coord_noise=a.coord_noise,
-              csp_cond=a.csp_cond, csp_guidance=a.csp_guidance, lattice_noise=a.lattice_noise))
+    try:
+        timing = run(a.ckpt, a.data, a.out, a.csp_n, a.gen_n, a.cfg_n, a.steps, a.chunk, a.seed, a.device,
+                     step_lr_csp=a.step_lr, step_lr_gen=a.step_lr, csp_k_n=a.csp_k_n, csp_k=a.csp_k,
+                     corrector=a.corrector, type_noise=a.type_noise, cond=a.cond, cond_guidance=a.cond_guidance,
+                     coord_noise=a.coord_noise, csp_cond=a.csp_cond, csp_guidance=a.csp_guidance,
+                     lattice_noise=a.lattice_noise, csp_resume=a.csp_resume)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    print(timing)
 
 
 if __name__ == "__main__":
