@@ -17,6 +17,8 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from generator import _flat, write_results  # noqa: E402
 
@@ -33,13 +35,35 @@ def _read(path: str | Path) -> dict:
 def _csp_only(res: dict, option: str, need: str) -> dict:
     if need not in res:
         raise SystemExit(f"error: the {option} file has no {need}: not a scored CSP file of the kind it takes")
-    return {k: v for k, v in res.items() if k.startswith("csp")}
+    return {k: v for k, v in res.items() if k.startswith("csp") and not k.endswith("_meta")}
+
+
+def checkpoint_meta(path: str | Path) -> dict:
+    """The training meta (run, step, data hash) of the checkpoint the CSP figures are reported for."""
+    try:
+        return json.loads(torch.load(path, map_location="cpu", weights_only=True)["meta_json"])
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError) as e:
+        raise SystemExit(f"error: cannot read the --csp-file checkpoint {path}: {e}") from None
+
+
+def check_sampled_from(ck_meta: dict, files: dict) -> None:
+    """Every scored file that names its checkpoint (files scored before session 21 may not) was sampled from
+    ``ck_meta``'s step and training data: figures of another checkpoint must not be filed under this one."""
+    want = (ck_meta.get("step"), ck_meta.get("data_hash"))
+    for option, res in files.items():
+        got = ((res or {}).get("csp_meta") or (res or {}).get("csp_k_meta") or {}).get("ckpt_meta")
+        if got and (got.get("step"), got.get("data_hash")) != want:
+            raise SystemExit(f"error: the {option} file was sampled from step {got.get('step')} "
+                             f"(data {got.get('data_hash')}), not from the --csp-file checkpoint (step {want[0]}, "
+                             f"data {want[1]})")
 
 
 def assemble(gen: dict, gen_path: str, csp_full: dict, csp_k20: dict | None = None,
              csp_k8: dict | None = None, cpu_pair: dict | None = None, csp_file: str = "", gen_file: str = "",
-             note: str = "", ranked_settings: str = "", cpu_settings: str = "", history: str = "") -> dict:
-    """The flat figures of the joined results file (`write_results` writes them)."""
+             note: str = "", ranked_settings: str = "", cpu_settings: str = "", history: str = "",
+             csp_ckpt_meta: dict | None = None) -> dict:
+    """The flat figures of the joined results file (`write_results` writes them); `csp_ckpt_meta`: the meta of
+    `csp_file` (default: the one `csp_full` was sampled from)."""
     res = {k: v for k, v in gen.items() if not k.startswith("csp")}
     before = gen.get("checkpoint") or {}
     label = (before.get("csp") or before).get("run") or gen_path
@@ -64,7 +88,7 @@ def assemble(gen: dict, gen_path: str, csp_full: dict, csp_k20: dict | None = No
             res["csp_cpu_default"][f"paired_with_{name}"] = ref["paired_with_this"]
             res["csp_cpu_default"][name] = {k: ref[k] for k in CSP_HEADLINE[:2]}
     res["csp_reference"] = reference
-    ck = (csp_full.get("csp_meta") or {}).get("ckpt_meta") or {}
+    ck = csp_ckpt_meta or (csp_full.get("csp_meta") or {}).get("ckpt_meta") or {}
     res["checkpoint"] = {
         "csp": {"file": csp_file, "run": ck.get("run"), "step": ck.get("step"), "data_hash": ck.get("data_hash"),
                 "figures": "every csp_* metric and detail", "note": note},
@@ -81,7 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--csp-k20", help="bench/generator.py --npz-csp-k output (k samples; ranked pick as _20x100steps)")
     ap.add_argument("--csp-k8", help="bench/generator.py --npz-csp-k --rank-mlip output whose ranked pick is reported")
     ap.add_argument("--cpu-pair", help="bench/generator.py --npz-csp output at the CPU default, with --reference")
-    ap.add_argument("--csp-file", default="qadb/data/checkpoints/generator_csp.pt")
+    ap.add_argument("--csp-file", default="qadb/data/checkpoints/generator_csp.pt",
+                    help="the CSP checkpoint the figures are filed under (each scored file must come from it)")
     ap.add_argument("--gen-file", default="qadb/data/checkpoints/generator_default.pt")
     ap.add_argument("--note", default="", help="how the CSP checkpoint was trained")
     ap.add_argument("--ranked-settings", default="", help="how the ranked candidates were drawn")
@@ -90,8 +115,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="bench/results/generator.json")
     a = ap.parse_args(argv)
     opt = {k: (_read(getattr(a, k)) if getattr(a, k) else None) for k in ("csp_k20", "csp_k8", "cpu_pair")}
-    res = assemble(_read(a.gen), a.gen, _read(a.csp_full), **opt, csp_file=a.csp_file, gen_file=a.gen_file,
-                   note=a.note, ranked_settings=a.ranked_settings, cpu_settings=a.cpu_settings, history=a.history)
+    gen, full = _read(a.gen), _read(a.csp_full)
+    ck_meta = checkpoint_meta(a.csp_file)
+    check_sampled_from(ck_meta, {"--csp-full": full, **{f"--{k.replace('_', '-')}": v for k, v in opt.items()}})
+    res = assemble(gen, a.gen, full, **opt, csp_file=a.csp_file, gen_file=a.gen_file, note=a.note,
+                   ranked_settings=a.ranked_settings, cpu_settings=a.cpu_settings, history=a.history,
+                   csp_ckpt_meta=ck_meta)
     write_results(res, Path(a.out))
 
 

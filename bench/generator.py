@@ -641,6 +641,7 @@ def main(argv=None):
         per_comp = [[sets[j][i] for j in range(k)] for i in range(len(na))]
         r = csp_k_metrics(per_comp, test_all[: len(na)], a.workers)
         res.update(r)
+        res["csp_k_meta"] = json.loads(str(d["meta_json"]))
         res[f"csp_match_rate_{k}_note"] = (f"first {len(na)} MP-20 test compositions, {k} samples each "
                                            f"({json.loads(str(d['meta_json']))['steps']} steps)")
         print("csp_k", r, flush=True)

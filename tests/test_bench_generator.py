@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from pymatgen.core import Lattice, Structure
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -207,9 +208,11 @@ def test_assemble_takes_csp_figures_from_the_csp_files_and_the_rest_from_the_gen
     k8 = write("k8.json", {"csp_match_rate_1_ranked": 59.3, "csp_match_rate_8": 75.3, "csp_match_rate_1": 47.0})
     pair = write("pair.json", {"csp_match_rate_1": 42.9, "csp_rmse_1": 0.16, "csp_n": 1000, "csp_reference": {
         "r14": {"csp_match_rate_1": 37.9, "csp_rmse_1": 0.18, "paired_with_this": {"only_this": 129}}}})
+    ck = tmp_path / "ck.pt"
+    torch.save({"meta_json": json.dumps({"run": "scratch-named", "step": 72193, "data_hash": "f6"})}, ck)
     out = tmp_path / "out.json"
     assemble.main(["--gen", gen, "--csp-full", full, "--csp-k20", k20, "--csp-k8", k8, "--cpu-pair", pair,
-                   "--history", "older figures in r14.json", "--out", str(out)])
+                   "--history", "older figures in r14.json", "--csp-file", str(ck), "--out", str(out)])
     doc = json.loads(out.read_text())
     m, d = {k: v["value"] for k, v in doc["metrics"].items()}, doc["details"]
     # the 1-sample figure is the whole test set's, never a k-sample file's first sample
@@ -220,10 +223,22 @@ def test_assemble_takes_csp_figures_from_the_csp_files_and_the_rest_from_the_gen
     assert d["csp_cpu_default"]["paired_with_r14"] == {"only_this": 129}
     assert d["csp_reference"]["r14"]["csp_match_rate_1"] == 34.5  # what the file held before moves aside
     assert d["checkpoint"]["csp"]["step"] == 72193 and d["checkpoint"]["gen"]["run"] == "r14"
+    assert d["checkpoint"]["csp"]["run"] == "scratch-named"  # named by the shipped file, not the sampled copy
+    assert not any(k.endswith("_meta") for k in d if k.startswith("csp_match"))
     assert d["history"] == "r12 elsewhere; older figures in r14.json"
     assert (tmp_path / "out.md").read_text().count("csp_match_rate_1 | 45.3") == 1
     with pytest.raises(SystemExit, match="has no csp_match_rate_1"):
         assemble.main(["--gen", gen, "--csp-full", write("x.json", {"comp_validity": 80.0}),
                        "--out", str(tmp_path / "y.json")])
+    # a scored file sampled from another checkpoint is not filed under this one
+    other = write("other.json", {"csp_match_rate_1": 40.0, "csp_rmse_1": 0.1, "csp_n": 1000,
+                                 "csp_meta": {"ckpt_meta": {"step": 50000, "data_hash": "f6"}}})
+    with pytest.raises(SystemExit, match="--cpu-pair file was sampled from step 50000"):
+        assemble.main(["--gen", gen, "--csp-full", full, "--cpu-pair", other, "--csp-file", str(ck),
+                       "--out", str(tmp_path / "w.json")])
+    with pytest.raises(SystemExit, match="cannot read the --csp-file checkpoint"):
+        assemble.main(["--gen", gen, "--csp-full", full, "--csp-file", str(tmp_path / "none.pt"),
+                       "--out", str(tmp_path / "w.json")])
+    assert not (tmp_path / "w.json").exists()
     with pytest.raises(SystemExit, match="cannot read results file"):
         assemble.main(["--gen", str(tmp_path / "nope.json"), "--csp-full", full, "--out", str(tmp_path / "z.json")])

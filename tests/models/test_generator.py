@@ -611,7 +611,7 @@ def _tiny_training_run(tmp_path) -> dict:
 
 
 def test_a_slim_state_resumes_from_its_ema_weights_with_a_fresh_warm_up(tmp_path):
-    from qadb.models.generator.train import STATE_KIND, read_raw, slim_state, train
+    from qadb.models.generator.train import STATE_KIND, export_checkpoint, read_raw, slim_state, train
 
     kw = _tiny_training_run(tmp_path)
     train(**kw)
@@ -619,8 +619,12 @@ def test_a_slim_state_resumes_from_its_ema_weights_with_a_fresh_warm_up(tmp_path
     slim = read_raw(str(tmp_path / "slim.pt"), STATE_KIND)
     assert "opt" not in slim and "model" not in slim and (tmp_path / "slim.pt").stat().st_size < (
         tmp_path / "st.pt").stat().st_size / 2
-    rec = train(**{**kw, "state": str(tmp_path / "slim.pt")})
+    rec = train(**{**kw, "state": str(tmp_path / "slim.pt"), "ckpt": str(tmp_path / "ck.pt"), "run_name": "r2"})
     assert (rec["step_start"], rec["step_end"]) == (2, 4)
+    # an export of the state carries the run and its validation loss, as the training-time checkpoint does
+    export_checkpoint(str(tmp_path / "slim.pt"), str(tmp_path / "exported.pt"))
+    assert load_checkpoint(tmp_path / "exported.pt").meta == load_checkpoint(tmp_path / "ck.pt").meta
+    assert load_checkpoint(tmp_path / "exported.pt").meta["run"] == "r2"
     full = read_raw(str(tmp_path / "slim.pt"), STATE_KIND)  # written back whole: raw weights and Adam moments again
     assert {"model", "opt"} <= set(full) and full["step"] == 4
 

@@ -288,14 +288,18 @@ def train(data: str, state: str, ckpt: str | None = None, log: str | None = None
     n_params = sum(p.numel() for p in model.parameters())
     print(f"device={dev} params={n_params} train={len(tr_idx)} val={n_val} resume_step={step} cfg={cfg}", flush=True)
 
-    def save_state():
+    run = run_name or time.strftime("%Y%m%dT%H%M%S")
+
+    def save_state(result: dict | None = None):
+        """`result` (the EMA validation loss, at the end) goes into the meta, so an export carries what the
+        training-time checkpoint does."""
         st = {"kind": STATE_KIND, "format_version": FORMAT_VERSION, "config_json": json.dumps(cfg),
               "model": {k: v.cpu() for k, v in model.state_dict().items()},
               "ema": {k: v.cpu() for k, v in ema.state_dict().items()}, "opt": opt_state_compact(opt),
               "step": step, "rng_cpu": torch.get_rng_state(), "data_hash": meta["train_hash"],
               "radii": radii.cpu(), "num_atoms_hist": num_atoms_hist(tr_all["num_atoms"]),
               "meta_json": json.dumps({"step": step, "data_hash": meta["train_hash"], "config": cfg,
-                                       "n_train": len(tr_idx)})}
+                                       **(result or {}), "n_train": len(tr_idx), "run": run})}
         if dev.type == "cuda":
             st["rng_cuda"] = torch.cuda.get_rng_state()
         tmp = str(state) + ".tmp"
@@ -372,8 +376,8 @@ def train(data: str, state: str, ckpt: str | None = None, log: str | None = None
     model.eval()
     vl = val_loss(ema)
     print("val (EMA)", vl, flush=True)
-    save_state()
-    record = {"run": run_name or time.strftime("%Y%m%dT%H%M%S"), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    save_state({"val_loss_ema": vl})
+    record = {"run": run, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
               "config": cfg, "data_hash": meta["train_hash"], "data_counts": meta["counts"], "seed": seed,
               "step_start": step0, "step_end": step, "steps_per_s": round((step - step0) / max(train_s, 1e-9), 2),
               "train_curve": curve[-8:], "val_loss_ema": vl, "n_params": n_params,
