@@ -203,7 +203,10 @@ def test_assemble_takes_csp_figures_from_the_csp_files_and_the_rest_from_the_gen
     gen = write("gen.json", {"comp_validity": 85.2, "csp_match_rate_1": 34.5, "csp_rmse_1": 0.094, "csp_n": 9046,
                              "checkpoint": {"run": "r14", "step": 132063}, "history": "r12 elsewhere"})
     full = write("full.json", {"csp_match_rate_1": 45.3, "csp_rmse_1": 0.081, "csp_n": 9046,
-                               "csp_meta": {"ckpt_meta": {"run": "scratch", "step": 72193, "data_hash": "f6"}}})
+                               "csp_meta": {"ckpt_meta": {"run": "scratch", "step": 72193, "data_hash": "f6"}},
+                               "csp_reference": {"prev": {"csp_match_rate_1": 44.0, "csp_n": 9046,
+                                                          "meta": {"ckpt_meta": {"run": "older-run"}},
+                                                          "paired_with_this": {"only_this": 935}}}})
     k20 = write("k20.json", {"csp_match_rate_20": 84.0, "csp_match_rate_1_ranked": 55.7, "csp_match_rate_1": 40.0})
     k8 = write("k8.json", {"csp_match_rate_1_ranked": 59.3, "csp_match_rate_8": 75.3, "csp_match_rate_1": 47.0})
     pair = write("pair.json", {"csp_match_rate_1": 42.9, "csp_rmse_1": 0.16, "csp_n": 1000, "csp_reference": {
@@ -222,6 +225,8 @@ def test_assemble_takes_csp_figures_from_the_csp_files_and_the_rest_from_the_gen
     assert d["csp_cpu_default"]["csp_match_rate_1"] == 42.9
     assert d["csp_cpu_default"]["paired_with_r14"] == {"only_this": 129}
     assert d["csp_reference"]["r14"]["csp_match_rate_1"] == 34.5  # what the file held before moves aside
+    # a checkpoint scored beside the CSP file keeps its paired comparison, under its run's name
+    assert d["csp_reference"]["older-run"]["paired_with_this"] == {"only_this": 935}
     assert d["checkpoint"]["csp"]["step"] == 72193 and d["checkpoint"]["gen"]["run"] == "r14"
     assert d["checkpoint"]["csp"]["run"] == "scratch-named"  # named by the shipped file, not the sampled copy
     assert not any(k.endswith("_meta") for k in d if k.startswith("csp_match"))
