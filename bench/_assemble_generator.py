@@ -17,10 +17,11 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from generator import _flat, write_results  # noqa: E402
+
+from qadb.errors import CheckpointError  # noqa: E402
+from qadb.models.generator.checkpoint import read_raw  # noqa: E402
 
 CSP_HEADLINE = ("csp_match_rate_1", "csp_rmse_1", "csp_n")
 
@@ -41,9 +42,9 @@ def _csp_only(res: dict, option: str, need: str) -> dict:
 def checkpoint_meta(path: str | Path) -> dict:
     """The training meta (run, step, data hash) of the checkpoint the CSP figures are reported for."""
     try:
-        return json.loads(torch.load(path, map_location="cpu", weights_only=True)["meta_json"])
-    except (OSError, RuntimeError, KeyError, TypeError, ValueError) as e:
-        raise SystemExit(f"error: cannot read the --csp-file checkpoint {path}: {e}") from None
+        return json.loads(read_raw(path)["meta_json"])
+    except CheckpointError as e:
+        raise SystemExit(f"error: cannot read the --csp-file checkpoint: {e}") from None
 
 
 def check_sampled_from(ck_meta: dict, files: dict) -> None:

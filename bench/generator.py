@@ -643,7 +643,7 @@ def main(argv=None):
         res.update(r)
         res["csp_k_meta"] = json.loads(str(d["meta_json"]))
         res[f"csp_match_rate_{k}_note"] = (f"first {len(na)} MP-20 test compositions, {k} samples each "
-                                           f"({json.loads(str(d['meta_json']))['steps']} steps)")
+                                           f"({res['csp_k_meta']['steps']} steps)")
         print("csp_k", r, flush=True)
         if a.rank_mlip:
             res.update(csp_ranked_metrics(per_comp, test_all[: len(na)], a.rank_mlip, a.workers))

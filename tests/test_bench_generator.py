@@ -212,7 +212,8 @@ def test_assemble_takes_csp_figures_from_the_csp_files_and_the_rest_from_the_gen
     pair = write("pair.json", {"csp_match_rate_1": 42.9, "csp_rmse_1": 0.16, "csp_n": 1000, "csp_reference": {
         "r14": {"csp_match_rate_1": 37.9, "csp_rmse_1": 0.18, "paired_with_this": {"only_this": 129}}}})
     ck = tmp_path / "ck.pt"
-    torch.save({"meta_json": json.dumps({"run": "scratch-named", "step": 72193, "data_hash": "f6"})}, ck)
+    torch.save({"kind": "qadb.generator", "format_version": 1,
+                "meta_json": json.dumps({"run": "scratch-named", "step": 72193, "data_hash": "f6"})}, ck)
     out = tmp_path / "out.json"
     assemble.main(["--gen", gen, "--csp-full", full, "--csp-k20", k20, "--csp-k8", k8, "--cpu-pair", pair,
                    "--history", "older figures in r14.json", "--csp-file", str(ck), "--out", str(out)])

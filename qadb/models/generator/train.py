@@ -290,16 +290,19 @@ def train(data: str, state: str, ckpt: str | None = None, log: str | None = None
 
     run = run_name or time.strftime("%Y%m%dT%H%M%S")
 
+    def run_meta(result: dict | None = None) -> dict:
+        """One meta for the state and the checkpoint, so an export carries what the training-time checkpoint does;
+        `result`: the EMA validation loss, at the end."""
+        return {"step": step, "data_hash": meta["train_hash"], "config": cfg, **(result or {}),
+                "n_train": len(tr_idx), "run": run}
+
     def save_state(result: dict | None = None):
-        """`result` (the EMA validation loss, at the end) goes into the meta, so an export carries what the
-        training-time checkpoint does."""
         st = {"kind": STATE_KIND, "format_version": FORMAT_VERSION, "config_json": json.dumps(cfg),
               "model": {k: v.cpu() for k, v in model.state_dict().items()},
               "ema": {k: v.cpu() for k, v in ema.state_dict().items()}, "opt": opt_state_compact(opt),
               "step": step, "rng_cpu": torch.get_rng_state(), "data_hash": meta["train_hash"],
               "radii": radii.cpu(), "num_atoms_hist": num_atoms_hist(tr_all["num_atoms"]),
-              "meta_json": json.dumps({"step": step, "data_hash": meta["train_hash"], "config": cfg,
-                                       **(result or {}), "n_train": len(tr_idx), "run": run})}
+              "meta_json": json.dumps(run_meta(result))}
         if dev.type == "cuda":
             st["rng_cuda"] = torch.cuda.get_rng_state()
         tmp = str(state) + ".tmp"
@@ -386,8 +389,7 @@ def train(data: str, state: str, ckpt: str | None = None, log: str | None = None
     if ckpt:
         ck = make_checkpoint(mcfg, dcfg, ema.state_dict(), radii, num_atoms_hist(tr_all["num_atoms"]),
                              {k: list(v) for k, v in PROP_NORM.items()},
-                             {"step": step, "data_hash": meta["train_hash"], "config": cfg, "val_loss_ema": vl,
-                              "n_train": len(tr_idx), "run": record["run"]}, dtype=ckpt_dtype,
+                             run_meta({"val_loss_ema": vl}), dtype=ckpt_dtype,
                              elements=torch.unique(tr_all["types"]).tolist())
         torch.save(ck, ckpt)
     if log:
