@@ -251,6 +251,42 @@ def test_gpu_eval_csp_resume_equals_one_run_and_refuses_another_run(tmp_path, ca
     assert not (tmp_path / "bad.npz").exists()
 
 
+def test_gpu_eval_killed_mid_csp_leaves_a_file_that_resumes_to_the_whole_run(tmp_path, monkeypatch):
+    """A device call stopped by its time limit must not lose the chunks already drawn: `out` is rewritten after
+    each CSP chunk and `--csp-resume` continues it to the samples of one uninterrupted run. The kill is simulated
+    by making the third chunk's sampling raise (a signal cannot be aimed at one chunk of a test run)."""
+    import numpy as np
+
+    from qadb.models.generator import DEFAULT_CHECKPOINT, gpu_eval
+
+    if not DEFAULT_CHECKPOINT.exists():
+        pytest.skip("default checkpoint not present")
+    data = tmp_path / "d.pt"
+    torch.save({"test": {"num_atoms": torch.tensor([2, 3, 2, 1, 2]),
+                         "types": torch.tensor([11, 17, 12, 8, 8, 3, 9, 29, 14, 6])}}, data)
+    base = ["--ckpt", str(DEFAULT_CHECKPOINT), "--data", str(data), "--steps", "3", "--no-corrector",
+            "--device", "cpu", "--chunk", "2", "--csp-n", "5"]
+    gpu_eval.main([*base, "--out", str(tmp_path / "whole.npz")])
+    real, calls = gpu_eval.sample_tensors, []
+
+    def killed_at_third_chunk(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gpu_eval, "sample_tensors", killed_at_third_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        gpu_eval.main([*base, "--out", str(tmp_path / "cut.npz")])
+    monkeypatch.setattr(gpu_eval, "sample_tensors", real)
+    cut = np.load(tmp_path / "cut.npz")
+    assert len(cut["csp_num_atoms"]) == 4 and not list(tmp_path.glob("*.tmp"))
+    gpu_eval.main([*base, "--csp-resume", str(tmp_path / "cut.npz"), "--out", str(tmp_path / "cut.npz")])
+    whole, joined = np.load(tmp_path / "whole.npz"), np.load(tmp_path / "cut.npz")
+    for k in ("csp_z", "csp_frac", "csp_lattice", "csp_num_atoms"):
+        assert np.array_equal(whole[k], joined[k]), k
+
+
 def test_gpu_eval_cond_without_gen_n_is_a_usage_error(tmp_path, capsys):
     """--cond samples --gen-n structures per condition; without --gen-n it used to crash inside torch."""
     from qadb.models.generator.gpu_eval import main

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import numpy as np
@@ -83,7 +84,8 @@ def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed
     strength for every property or "NAME=G[,NAME=G]" per property (others 1.0): under joint guidance one property's
     branch can drown the other's. `csp_resume`: an earlier file of this run cut short (fewer than `csp_n`
     compositions); its samples are kept and the rest drawn, so the result equals one uninterrupted run (a CPU run
-    over the whole test set takes hours)."""
+    over the whole test set takes hours). `out` is rewritten after every CSP chunk, so a run killed part-way (a
+    device call's time limit) leaves a file that `csp_resume` continues."""
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dev == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -104,6 +106,14 @@ def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed
                     "step_lr_csp": step_lr_csp, "csp_cond": csp_cond, "csp_guidance": csp_guidance, "seed": seed,
                     "chunk": chunk, "device": str(torch.cuda.get_device_name() if dev == "cuda" else dev)}
     csp_props = {"props": cp, "guidance": {p: csp_guidance for p in cp}} if cp else {}
+    conds, joint = {}, {}
+
+    def save():
+        res["meta_json"] = np.array(json.dumps({
+            **csp_settings, "timing": timing, "cond": conds, "cond_joint": joint, "cond_guidance": cond_guidance,
+            "type_noise": type_noise, "step_lr": [step_lr_csp, step_lr_gen], "ckpt_meta": g.meta,
+            "cfg_targets": list(cfg_targets)}))
+        _write_npz(out, res)
     if csp_n:
         te = torch.load(data, map_location="cpu", weights_only=True)["test"]
         na = te["num_atoms"].long()[:csp_n]
@@ -122,12 +132,14 @@ def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed
                                        corrector=corrector, coord_noise=coord_noise, lattice_noise=lattice_noise,
                                        device=dev, **csp_props)
             zs.append(z), fs.append(f), ls.append(lat)
-        _sync()
-        timing["csp_s"] = round(time.time() - t0 + spent, 2)
+            _sync()
+            timing["csp_s"] = round(time.time() - t0 + spent, 2)
+            done = sum(len(x) for x in ls)
+            res.update(csp_z=torch.cat(zs).numpy().astype(np.int16), csp_frac=torch.cat(fs).numpy(),
+                       csp_lattice=torch.cat(ls).numpy(), csp_num_atoms=na[:done].numpy().astype(np.int16))
+            save()
         if csp_resume:
             timing["csp_s_resumed"] = round(spent, 2)
-        res.update(csp_z=torch.cat(zs).numpy().astype(np.int16), csp_frac=torch.cat(fs).numpy(),
-                   csp_lattice=torch.cat(ls).numpy(), csp_num_atoms=na.numpy().astype(np.int16))
         print(f"csp {len(na)} structures in {timing['csp_s']} s", flush=True)
 
     if csp_k_n:
@@ -173,7 +185,6 @@ def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed
         for k, c in enumerate(cfg_targets):
             gen(cfg_n, props={"compactness": (c - mean) / scale}, guidance={"compactness": 1.0}, tag=f"cfgc{k}",
                 sd=seed + 2 + k)
-    conds, joint = {}, {}
     for k, spec in enumerate(cond):
         # "M_LED=9" samples one condition (tag cond_mled); "M_LED=9,C=0.7" guides both at once (cond_joint)
         pairs = parse(spec)
@@ -181,12 +192,16 @@ def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed
         gen(gen_n, props=normalised(pairs), guidance={p: per_prop.get(p, base_guidance) for p in pairs}, tag=tag,
             sd=seed + 10 + k)
         (joint if len(pairs) > 1 else conds).update(pairs)
-    res["meta_json"] = np.array(json.dumps({
-        **csp_settings, "timing": timing, "cond": conds, "cond_joint": joint, "cond_guidance": cond_guidance,
-        "type_noise": type_noise, "step_lr": [step_lr_csp, step_lr_gen], "ckpt_meta": g.meta,
-        "cfg_targets": list(cfg_targets)}))
-    np.savez_compressed(out, **res)
+    save()
     return timing
+
+
+def _write_npz(path, arrays: dict) -> None:
+    """Write through a temporary file and rename, so a kill mid-write leaves the previous file whole."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
+    os.replace(tmp, path)
 
 
 def _resumed_csp(path, na: torch.Tensor, types: torch.Tensor, chunk: int, settings: dict, ckpt_meta: dict):
