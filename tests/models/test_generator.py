@@ -665,6 +665,27 @@ def test_a_slim_state_resumes_from_its_ema_weights_with_a_fresh_warm_up(tmp_path
     assert {"model", "opt"} <= set(full) and full["step"] == 4
 
 
+def test_train_cli_slims_and_exports_without_a_state_and_names_missing_or_bad_arguments(tmp_path, capsys):
+    """`--slim` needs only its two paths and `--export` only `--data` (the elements it may emit); a malformed
+    `--sampler` or a training call without `--state` is a usage error in one line, and nothing is written."""
+    from qadb.models.generator.train import main, train
+
+    kw = _tiny_training_run(tmp_path)
+    train(**kw)
+    main(["--slim", kw["state"], str(tmp_path / "slim.pt")])
+    main(["--data", kw["data"], "--export", str(tmp_path / "slim.pt"), str(tmp_path / "ck.pt"),
+          "--sampler", '{"steps": 7}'])
+    assert load_checkpoint(tmp_path / "ck.pt").sampler["steps"] == 7
+    for argv, why in ((["--data", kw["data"], "--export", kw["state"], str(tmp_path / "bad.pt"), "--sampler", "{x"],
+                       "--sampler is not valid JSON"),
+                      (["--export", kw["state"], str(tmp_path / "bad.pt")], "--data is required"),
+                      (["--data", kw["data"]], "--state is required")):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2 and why in capsys.readouterr().err
+    assert not (tmp_path / "bad.pt").exists()
+
+
 def test_gradients_clipped_by_norm_or_by_value():
     """"norm" rescales the whole gradient to the bound; "value" clamps each element and leaves small ones as they
     are (DiffCSP's choice). Both return the norm before clipping, so an inf gradient is still seen and skipped."""

@@ -463,8 +463,8 @@ def export_checkpoint(state: str, ckpt: str, dtype: str = "float32", sampler: di
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--state", required=True)
+    ap.add_argument("--data", help="training tensor file (training, --probe, --export)")
+    ap.add_argument("--state", help="train-state file, created or resumed (training)")
     ap.add_argument("--ckpt")
     ap.add_argument("--log")
     ap.add_argument("--minutes", type=float, default=8.0)
@@ -482,22 +482,27 @@ def main(argv=None):
     for k, v in DEFAULTS.items():
         ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=None)
     a = vars(ap.parse_args(argv))
-    sampler = a.pop("sampler")
-    if a.pop("probe"):
-        print("probe", json.dumps(probe_throughput(a["data"], device=a["device"])))
-        return
-    slim = a.pop("slim")
+    sampler, slim, export = a.pop("sampler"), a.pop("slim"), a.pop("export")
     if slim is not None:
         print("slim state at step", slim_state(*slim))
         return
-    if a.pop("export") is not None:
-        print(export_checkpoint(*ap.parse_args(argv).export, dtype=a["ckpt_dtype"],
-                                sampler=json.loads(sampler) if sampler else None, data=a["data"]))
+    if a["data"] is None:
+        ap.error("--data is required (the training tensor file)")
+    if a.pop("probe"):
+        print("probe", json.dumps(probe_throughput(a["data"], device=a["device"])))
         return
+    if export is not None:
+        try:
+            settings = json.loads(sampler) if sampler else None
+        except json.JSONDecodeError as e:
+            ap.error(f"--sampler is not valid JSON ({e})")
+        print(export_checkpoint(*export, dtype=a["ckpt_dtype"], sampler=settings, data=a["data"]))
+        return
+    if a["state"] is None:
+        ap.error("--state is required for training (the file is created or resumed)")
     base = {k: a.pop(k) for k in ("data", "state", "ckpt", "log", "minutes", "max_steps", "seed", "device",
                                    "run_name", "ckpt_dtype")}
     train(**base, **a)
-
 
 if __name__ == "__main__":
     try:
