@@ -282,9 +282,13 @@ def test_gpu_eval_killed_mid_csp_leaves_a_file_that_resumes_to_the_whole_run(tmp
     cut = np.load(tmp_path / "cut.npz")
     assert len(cut["csp_num_atoms"]) == 4 and not list(tmp_path.glob("*.tmp"))
     gpu_eval.main([*base, "--csp-resume", str(tmp_path / "cut.npz"), "--out", str(tmp_path / "cut.npz")])
-    whole, joined = np.load(tmp_path / "whole.npz"), np.load(tmp_path / "cut.npz")
-    for k in ("csp_z", "csp_frac", "csp_lattice", "csp_num_atoms"):
-        assert np.array_equal(whole[k], joined[k]), k
+    # resuming a file that is already whole draws nothing and writes the same samples
+    gpu_eval.main([*base, "--csp-resume", str(tmp_path / "cut.npz"), "--out", str(tmp_path / "again.npz")])
+    whole = np.load(tmp_path / "whole.npz")
+    for name in ("cut.npz", "again.npz"):
+        joined = np.load(tmp_path / name)
+        for k in ("csp_z", "csp_frac", "csp_lattice", "csp_num_atoms"):
+            assert np.array_equal(whole[k], joined[k]), (name, k)
 
 
 def test_gpu_eval_cond_without_gen_n_is_a_usage_error(tmp_path, capsys):

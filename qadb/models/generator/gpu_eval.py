@@ -114,6 +114,7 @@ def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed
             "type_noise": type_noise, "step_lr": [step_lr_csp, step_lr_gen], "ckpt_meta": g.meta,
             "cfg_targets": list(cfg_targets)}))
         _write_npz(out, res)
+
     if csp_n:
         te = torch.load(data, map_location="cpu", weights_only=True)["test"]
         na = te["num_atoms"].long()[:csp_n]
@@ -122,10 +123,16 @@ def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed
         zs, fs, ls, spent = [], [], [], 0.0
         if csp_resume:
             zs, fs, ls, spent = _resumed_csp(csp_resume, na, types, chunk, csp_settings, g.meta)
-        start = sum(len(x) for x in ls)
         _sync()
         t0 = time.time()
-        for i in range(start, len(na), chunk):
+
+        def record_csp():  # the compositions drawn so far (a prefix of the test set) and the time they took
+            timing["csp_s"] = round(time.time() - t0 + spent, 2)
+            res.update(csp_z=torch.cat(zs).numpy().astype(np.int16), csp_frac=torch.cat(fs).numpy(),
+                       csp_lattice=torch.cat(ls).numpy(),
+                       csp_num_atoms=na[:sum(len(x) for x in ls)].numpy().astype(np.int16))
+
+        for i in range(sum(len(x) for x in ls), len(na), chunk):
             nb = na[i:i + chunk]
             ty = types[int(ptr[i]): int(ptr[i]) + int(nb.sum())]
             z, f, lat = sample_tensors(g.model, g.schedules, nb, ty, steps=steps, step_lr=step_lr_csp, seed=seed + i,
@@ -133,11 +140,9 @@ def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed
                                        device=dev, **csp_props)
             zs.append(z), fs.append(f), ls.append(lat)
             _sync()
-            timing["csp_s"] = round(time.time() - t0 + spent, 2)
-            done = sum(len(x) for x in ls)
-            res.update(csp_z=torch.cat(zs).numpy().astype(np.int16), csp_frac=torch.cat(fs).numpy(),
-                       csp_lattice=torch.cat(ls).numpy(), csp_num_atoms=na[:done].numpy().astype(np.int16))
+            record_csp()
             save()
+        record_csp()  # also when a resumed file was already whole and nothing was left to draw
         if csp_resume:
             timing["csp_s_resumed"] = round(spent, 2)
         print(f"csp {len(na)} structures in {timing['csp_s']} s", flush=True)
