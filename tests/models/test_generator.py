@@ -217,27 +217,43 @@ def test_gpu_eval_conditions_single_joint_and_csp(tmp_path):
     assert json.loads(str(c["meta_json"]))["cond_guidance"] == "C=3"
 
 
+TINY_NUM_ATOMS = [2, 3, 2, 1, 2]
+CSP_KEYS = ("csp_z", "csp_frac", "csp_lattice", "csp_num_atoms")
+
+
+def _tiny_csp_eval_args(tmp_path) -> list[str]:
+    """`gpu_eval` arguments for CSP on five small test compositions (`d.pt`), 3 steps on the CPU, chunks of 2."""
+    from qadb.models.generator import DEFAULT_CHECKPOINT
+
+    if not DEFAULT_CHECKPOINT.exists():
+        pytest.skip("default checkpoint not present")
+    data = tmp_path / "d.pt"
+    torch.save({"test": {"num_atoms": torch.tensor(TINY_NUM_ATOMS),
+                         "types": torch.tensor([11, 17, 12, 8, 8, 3, 9, 29, 14, 6])}}, data)
+    return ["--ckpt", str(DEFAULT_CHECKPOINT), "--data", str(data), "--steps", "3", "--no-corrector",
+            "--device", "cpu", "--chunk", "2"]
+
+
+def _same_csp_samples(a, b) -> bool:
+    import numpy as np
+
+    return all(np.array_equal(a[k], b[k]) for k in CSP_KEYS)
+
+
 def test_gpu_eval_csp_resume_equals_one_run_and_refuses_another_run(tmp_path, capsys):
     """A CSP run cut short and resumed (`--csp-resume`) gives the same samples as one uninterrupted run (the seeds
     follow the chunks); a file of other settings or other compositions is refused in one line, nothing written."""
     import numpy as np
 
-    from qadb.models.generator import DEFAULT_CHECKPOINT
     from qadb.models.generator.gpu_eval import main
 
-    if not DEFAULT_CHECKPOINT.exists():
-        pytest.skip("default checkpoint not present")
+    base = _tiny_csp_eval_args(tmp_path)
     data = tmp_path / "d.pt"
-    na = torch.tensor([2, 3, 2, 1, 2])
-    torch.save({"test": {"num_atoms": na, "types": torch.tensor([11, 17, 12, 8, 8, 3, 9, 29, 14, 6])}}, data)
-    base = ["--ckpt", str(DEFAULT_CHECKPOINT), "--data", str(data), "--steps", "3", "--no-corrector",
-            "--device", "cpu", "--chunk", "2"]
     main([*base, "--csp-n", "5", "--out", str(tmp_path / "whole.npz")])
     main([*base, "--csp-n", "4", "--out", str(tmp_path / "part.npz")])
     main([*base, "--csp-n", "5", "--csp-resume", str(tmp_path / "part.npz"), "--out", str(tmp_path / "joined.npz")])
     whole, joined = np.load(tmp_path / "whole.npz"), np.load(tmp_path / "joined.npz")
-    for k in ("csp_z", "csp_frac", "csp_lattice", "csp_num_atoms"):
-        assert np.array_equal(whole[k], joined[k]), k
+    assert _same_csp_samples(whole, joined)
     assert "csp_s_resumed" in json.loads(str(joined["meta_json"]))["timing"]
     capsys.readouterr()
     for extra, why in ((["--steps", "4"], "steps"), (["--chunk", "3"], "chunk")):
@@ -245,7 +261,8 @@ def test_gpu_eval_csp_resume_equals_one_run_and_refuses_another_run(tmp_path, ca
             main([*base, "--csp-n", "5", "--csp-resume", str(tmp_path / "part.npz"), "--out",
                   str(tmp_path / "bad.npz"), *extra])
         assert why in str(e.value) and str(e.value).count("\n") == 0
-    torch.save({"test": {"num_atoms": na, "types": torch.tensor([11, 17, 12, 8, 9, 3, 9, 29, 14, 6])}}, data)
+    torch.save({"test": {"num_atoms": torch.tensor(TINY_NUM_ATOMS),
+                         "types": torch.tensor([11, 17, 12, 8, 9, 3, 9, 29, 14, 6])}}, data)
     with pytest.raises(SystemExit, match="test compositions"):
         main([*base, "--csp-n", "5", "--csp-resume", str(tmp_path / "part.npz"), "--out", str(tmp_path / "bad.npz")])
     assert not (tmp_path / "bad.npz").exists()
@@ -257,15 +274,9 @@ def test_gpu_eval_killed_mid_csp_leaves_a_file_that_resumes_to_the_whole_run(tmp
     by making the third chunk's sampling raise (a signal cannot be aimed at one chunk of a test run)."""
     import numpy as np
 
-    from qadb.models.generator import DEFAULT_CHECKPOINT, gpu_eval
+    from qadb.models.generator import gpu_eval
 
-    if not DEFAULT_CHECKPOINT.exists():
-        pytest.skip("default checkpoint not present")
-    data = tmp_path / "d.pt"
-    torch.save({"test": {"num_atoms": torch.tensor([2, 3, 2, 1, 2]),
-                         "types": torch.tensor([11, 17, 12, 8, 8, 3, 9, 29, 14, 6])}}, data)
-    base = ["--ckpt", str(DEFAULT_CHECKPOINT), "--data", str(data), "--steps", "3", "--no-corrector",
-            "--device", "cpu", "--chunk", "2", "--csp-n", "5"]
+    base = [*_tiny_csp_eval_args(tmp_path), "--csp-n", "5"]
     gpu_eval.main([*base, "--out", str(tmp_path / "whole.npz")])
     real, calls = gpu_eval.sample_tensors, []
 
@@ -286,9 +297,7 @@ def test_gpu_eval_killed_mid_csp_leaves_a_file_that_resumes_to_the_whole_run(tmp
     gpu_eval.main([*base, "--csp-resume", str(tmp_path / "cut.npz"), "--out", str(tmp_path / "again.npz")])
     whole = np.load(tmp_path / "whole.npz")
     for name in ("cut.npz", "again.npz"):
-        joined = np.load(tmp_path / name)
-        for k in ("csp_z", "csp_frac", "csp_lattice", "csp_num_atoms"):
-            assert np.array_equal(whole[k], joined[k]), (name, k)
+        assert _same_csp_samples(whole, np.load(tmp_path / name)), name
 
 
 def test_gpu_eval_cond_without_gen_n_is_a_usage_error(tmp_path, capsys):

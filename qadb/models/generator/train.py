@@ -504,6 +504,7 @@ def main(argv=None):
                                    "run_name", "ckpt_dtype")}
     train(**base, **a)
 
+
 if __name__ == "__main__":
     try:
         main()
