@@ -7,7 +7,8 @@ the ab initio checkpoint. `details.checkpoint` names the checkpoint behind each 
 held before move to `details.csp_reference`.
 
     python bench/_assemble_generator.py --gen bench/results/generator_r14.json --csp-full csp_full.json \
-        [--csp-k20 cspk20.json] [--csp-k8 cspk8.json] [--cpu-pair pair_cpu.json] [--out bench/results/generator.json]
+        [--csp-k20 cspk20.json] [--csp-k8 cspk8.json] [--cpu-pair pair_cpu.json] [--csp-prior prior.json]
+        [--out bench/results/generator.json]
 """
 
 from __future__ import annotations
@@ -59,10 +60,32 @@ def check_sampled_from(ck_meta: dict, files: dict) -> None:
                              f"data {want[1]})")
 
 
+def prior_figures(prior: dict, settings: str = "", ranked: dict | None = None) -> dict:
+    """The prototype-prior figures from a scored file of `api.sample(prior=...)` samples (`--npz-csp`) that was
+    scored beside the unrefined guesses (`--reference retrieval=...`) and, optionally, the samples from noise of
+    the same checkpoint (`--reference diffusion=...`); `ranked`: a scored file of k prior samples per composition
+    (`--npz-csp-k --rank-mlip`), whose best-of-k and ranked figures go beside them."""
+    p = _csp_only(prior, "--csp-prior", "csp_match_rate_1")
+    refs = p.get("csp_reference") or {}
+    if "retrieval" not in refs:
+        raise SystemExit("error: the --csp-prior file has no 'retrieval' reference (score it with "
+                         "--reference retrieval=GUESSES.npz)")
+    out = {"csp_match_rate_1_prior": p["csp_match_rate_1"], "csp_rmse_1_prior": p["csp_rmse_1"],
+           "csp_match_rate_1_retrieval": refs["retrieval"]["csp_match_rate_1"],
+           "csp_rmse_1_retrieval": refs["retrieval"]["csp_rmse_1"]}
+    out["csp_prior"] = {"settings": settings, "csp_n": p["csp_n"], "by_prototype": p.get("csp_by_prototype"),
+                        **{f"paired_with_{name}": ref["paired_with_this"] for name, ref in refs.items()},
+                        **{name: {k: ref[k] for k in CSP_HEADLINE} for name, ref in refs.items()}}
+    if ranked is not None:
+        out["csp_prior"]["ranked"] = _csp_only(ranked, "--csp-prior-ranked", "csp_match_rate_1_ranked")
+    return out
+
+
 def assemble(gen: dict, gen_path: str, csp_full: dict, csp_k20: dict | None = None,
              csp_k8: dict | None = None, cpu_pair: dict | None = None, csp_file: str = "", gen_file: str = "",
              note: str = "", ranked_settings: str = "", cpu_settings: str = "", history: str = "",
-             csp_ckpt_meta: dict | None = None) -> dict:
+             csp_ckpt_meta: dict | None = None, csp_prior: dict | None = None, prior_settings: str = "",
+             csp_prior_ranked: dict | None = None) -> dict:
     """The flat figures of the joined results file (`write_results` writes them); `csp_ckpt_meta`: the meta of
     `csp_file` (default: the one `csp_full` was sampled from)."""
     res = {k: v for k, v in gen.items() if not k.startswith("csp")}
@@ -70,7 +93,9 @@ def assemble(gen: dict, gen_path: str, csp_full: dict, csp_k20: dict | None = No
     label = (before.get("csp") or before).get("run") or gen_path
     reference = {name: {k: v for k, v in ref.items() if k in (*CSP_HEADLINE, "source")}
                  for name, ref in (gen.get("csp_reference") or {}).items()}
-    if "csp_match_rate_1" in gen:
+    ck = csp_ckpt_meta or (csp_full.get("csp_meta") or {}).get("ckpt_meta") or {}
+    same = (before.get("csp") or {}).get("step") == ck.get("step") is not None  # re-assembled for the same checkpoint
+    if "csp_match_rate_1" in gen and not same:
         reference[label] = {k: gen[k] for k in CSP_HEADLINE if k in gen} | {"source": gen_path}
     res.update(_csp_only(csp_full, "--csp-full", "csp_match_rate_1"))
     for name, ref in (csp_full.get("csp_reference") or {}).items():  # scored beside it, paired composition by composition
@@ -92,8 +117,9 @@ def assemble(gen: dict, gen_path: str, csp_full: dict, csp_k20: dict | None = No
         for name, ref in (pair.get("csp_reference") or {}).items():
             res["csp_cpu_default"][f"paired_with_{name}"] = ref["paired_with_this"]
             res["csp_cpu_default"][name] = {k: ref[k] for k in CSP_HEADLINE[:2]}
+    if csp_prior is not None:
+        res.update(prior_figures(csp_prior, prior_settings, csp_prior_ranked))
     res["csp_reference"] = reference
-    ck = csp_ckpt_meta or (csp_full.get("csp_meta") or {}).get("ckpt_meta") or {}
     res["checkpoint"] = {
         "csp": {"file": csp_file, "run": ck.get("run"), "step": ck.get("step"), "data_hash": ck.get("data_hash"),
                 "figures": "every csp_* metric and detail", "note": note},
@@ -117,15 +143,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ranked-settings", default="", help="how the ranked candidates were drawn")
     ap.add_argument("--cpu-settings", default="100 steps, no corrector, coord_noise 0, seed 0, on the CPU")
     ap.add_argument("--history", default="", help="appended to details.history (where older figures are kept)")
+    ap.add_argument("--csp-prior", help="bench/generator.py --npz-csp output of samples refined from prototype guesses, "
+                                        "with --reference retrieval=GUESSES.npz [diffusion=SAMPLES.npz]")
+    ap.add_argument("--prior-settings", default="", help="how the --csp-prior samples were drawn")
+    ap.add_argument("--csp-prior-ranked", help="bench/generator.py --npz-csp-k --rank-mlip output of k prior samples "
+                                               "per composition (with --csp-prior)")
     ap.add_argument("--out", default="bench/results/generator.json")
     a = ap.parse_args(argv)
-    opt = {k: (_read(getattr(a, k)) if getattr(a, k) else None) for k in ("csp_k20", "csp_k8", "cpu_pair")}
+    if a.csp_prior_ranked and not a.csp_prior:
+        raise SystemExit("error: --csp-prior-ranked goes with --csp-prior")
+    optional = ("csp_k20", "csp_k8", "cpu_pair", "csp_prior", "csp_prior_ranked")
+    opt = {k: (_read(getattr(a, k)) if getattr(a, k) else None) for k in optional}
     gen, full = _read(a.gen), _read(a.csp_full)
     ck_meta = checkpoint_meta(a.csp_file)
     check_sampled_from(ck_meta, {"--csp-full": full, **{f"--{k.replace('_', '-')}": v for k, v in opt.items()}})
     res = assemble(gen, a.gen, full, **opt, csp_file=a.csp_file, gen_file=a.gen_file, note=a.note,
                    ranked_settings=a.ranked_settings, cpu_settings=a.cpu_settings, history=a.history,
-                   csp_ckpt_meta=ck_meta)
+                   csp_ckpt_meta=ck_meta, prior_settings=a.prior_settings)
     write_results(res, Path(a.out))
 
 

@@ -248,3 +248,47 @@ def test_assemble_takes_csp_figures_from_the_csp_files_and_the_rest_from_the_gen
     assert not (tmp_path / "w.json").exists()
     with pytest.raises(SystemExit, match="cannot read results file"):
         assemble.main(["--gen", str(tmp_path / "nope.json"), "--csp-full", full, "--out", str(tmp_path / "z.json")])
+
+
+def test_assemble_files_prototype_prior_figures_beside_not_over_the_sample_from_noise(tmp_path):
+    """--csp-prior: samples refined from prototype guesses get their own metrics, with the unrefined guesses
+    (retrieval) and the paired counts; csp_match_rate_1 stays the sample from noise (DiffCSP's protocol)."""
+    assemble = pytest.importorskip("bench._assemble_generator")
+
+    def write(name, res):
+        (tmp_path / name).write_text(json.dumps(gen_bench.contract(res)))
+        return str(tmp_path / name)
+
+    # the file re-assembled for the checkpoint it already holds: its own CSP figures are no reference to itself
+    gen = write("gen.json", {"comp_validity": 85.2, "csp_match_rate_1": 48.4, "csp_rmse_1": 0.075, "csp_n": 9046,
+                             "checkpoint": {"csp": {"run": "same", "step": 1}, "gen": {"run": "r14"}},
+                             "csp_reference": {"older": {"csp_match_rate_1": 47.1}}})
+    full = write("full.json", {"csp_match_rate_1": 48.4, "csp_rmse_1": 0.075, "csp_n": 9046})
+    prior = write("prior.json", {"csp_match_rate_1": 69.6, "csp_rmse_1": 0.03, "csp_n": 9046, "csp_reference": {
+        "retrieval": {"csp_match_rate_1": 69.5, "csp_rmse_1": 0.034, "csp_n": 9046,
+                      "paired_with_this": {"only_this": 40, "only_reference": 30}},
+        "diffusion": {"csp_match_rate_1": 44.4, "csp_rmse_1": 0.14, "csp_n": 9046,
+                      "paired_with_this": {"only_this": 3000, "only_reference": 600}}}})
+    out = tmp_path / "out.json"
+    ck = tmp_path / "ck.pt"
+    torch.save({"kind": "qadb.generator", "format_version": 1, "meta_json": json.dumps({"step": 1})}, ck)
+    ranked = write("ranked.json", {"csp_match_rate_1_ranked": 75.7, "csp_match_rate_8": 86.1,
+                                   "csp_match_rate_1": 71.3})
+    assemble.main(["--gen", gen, "--csp-full", full, "--csp-prior", prior, "--prior-settings", "t_start 100",
+                   "--csp-prior-ranked", ranked, "--csp-file", str(ck), "--out", str(out)])
+    doc = json.loads(out.read_text())
+    m, d = {k: v["value"] for k, v in doc["metrics"].items()}, doc["details"]
+    assert m["csp_match_rate_1"] == 48.4 and m["csp_match_rate_1_prior"] == 69.6
+    assert m["csp_match_rate_1_retrieval"] == 69.5 and m["csp_rmse_1_retrieval"] == 0.034
+    assert doc["metrics"]["csp_match_rate_1"]["target"] == 55.0
+    assert doc["metrics"]["csp_match_rate_1_prior"]["target"] is None  # another protocol: no target claimed
+    assert d["csp_prior"]["paired_with_diffusion"] == {"only_this": 3000, "only_reference": 600}
+    assert d["csp_prior"]["settings"] == "t_start 100" and d["csp_prior"]["retrieval"]["csp_n"] == 9046
+    assert set(d["csp_reference"]) == {"older"} and d["checkpoint"]["gen"]["run"] == "r14"
+    assert d["csp_prior"]["ranked"]["csp_match_rate_8"] == 86.1 and "csp_match_rate_1_ranked" not in m
+    with pytest.raises(SystemExit, match="goes with --csp-prior"):
+        assemble.main(["--gen", gen, "--csp-full", full, "--csp-prior-ranked", ranked, "--out", str(tmp_path / "v.json")])
+    bad = write("bad.json", {"csp_match_rate_1": 70.0, "csp_rmse_1": 0.03, "csp_n": 10})
+    with pytest.raises(SystemExit, match="no 'retrieval' reference"):
+        assemble.main(["--gen", gen, "--csp-full", full, "--csp-prior", bad, "--csp-file", str(ck),
+                       "--out", str(tmp_path / "w.json")])

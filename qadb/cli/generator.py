@@ -184,6 +184,13 @@ def train_generator(ctx, data, prepare, from_store, chemsys, limit, state, ckpt,
                    "gen, in qadb/data/checkpoints).")
 @click.option("--candidates", type=click.IntRange(1, 100000), default=None,
               help="csp: sample this many cells and keep the -n with the lowest MLIP energy per atom.")
+@click.option("--prior", type=click.Choice(["none", "store"]), default="none", show_default=True,
+              help="csp: 'store' starts each sample from a prototype guess, a stored crystal of the same anonymous "
+                   "formula with the elements substituted, which the model refines (noise from --noise-from, "
+                   "nearest guesses first); compositions without one sample from noise.")
+@click.option("--noise-from", "t_start", type=click.IntRange(0, 100000), default=None,
+              help="With --prior store: the diffusion step (of the checkpoint's T) the guesses are noised to "
+                   "(default: qadb.models.generator.api.TEMPLATE_T_START; 0 keeps them unrefined).")
 @click.option("--rank-mlip", default="chgnet", show_default=True,
               help="With --candidates: the MLIP that ranks them (single-point energy; see qadb.drivers.MODELS).")
 @click.option("--store/--no-store", "to_store", default=True, show_default=True,
@@ -192,7 +199,8 @@ def train_generator(ctx, data, prepare, from_store, chemsys, limit, state, ckpt,
               help="Also write the structures to a JSON file (list of pymatgen dicts).")
 @click.pass_context
 def sample_cmd(ctx, n, mode, composition, chemsys, conditions, guidance, steps, step_lr, corrector, type_noise,
-               coord_noise, threads, num_atoms, seed, device, ckpt, candidates, rank_mlip, to_store, output):
+               coord_noise, threads, num_atoms, seed, device, ckpt, candidates, prior, t_start, rank_mlip, to_store,
+               output):
     """Sample crystals from the generator and store them with their provenance."""
     from qadb.models.generator.api import default_checkpoint, sample, sampler_defaults
     from qadb.models.generator.checkpoint import load_checkpoint
@@ -207,6 +215,10 @@ def sample_cmd(ctx, n, mode, composition, chemsys, conditions, guidance, steps, 
         raise InputError("--candidates ranks cells of one composition: it needs --mode csp")
     if candidates is not None and candidates < n:
         raise InputError(f"--candidates {candidates} is fewer than -n {n}: nothing to choose from")
+    if prior != "none" and mode != "csp":
+        raise InputError("--prior gives prototype guesses for one composition: it needs --mode csp")
+    if t_start is not None and prior == "none":
+        raise InputError("--noise-from applies to --prior store")
     cond = _kv(conditions, "condition")
     guid = _kv(guidance, "guidance", allow_chemsys=True)
     stray = sorted(set(guid) - set(cond) - {"chemsys"})
@@ -215,18 +227,35 @@ def sample_cmd(ctx, n, mode, composition, chemsys, conditions, guidance, steps, 
     if "chemsys" in guid and not chemsys:
         raise InputError("--guidance chemsys=G needs --chemsys")
     path = Path(ckpt) if ckpt else default_checkpoint(mode)
-    store = open_store(ctx) if to_store else None
+    store = open_store(ctx) if to_store or prior == "store" else None
     gen = load_checkpoint(path, device=device)
+    index = None
+    if prior == "store":
+        from qadb.models.generator.api import composition_types
+        from qadb.models.generator.templates import from_store
+
+        index = from_store(composition_types(composition))
+        if not to_store:
+            store.close()
+            store = None
+        _say(f"prototype guesses: {len(index)} stored crystal(s) of {composition}'s anonymous formula and size"
+             + ("" if len(index) else "; sampling from noise"))
     settings = sampler_defaults(gen, steps=steps, step_lr=step_lr, corrector=corrector, type_noise=type_noise,
                                 coord_noise=coord_noise, mode=mode)
     t0 = time.time()
     structs = sample(gen, n=candidates or n, mode=mode, composition=composition, chemsys=chemsys,
                      conditions=cond or None, guidance=guid or None, seed=seed, device=device, num_atoms=num_atoms,
-                     threads=threads, **settings)
+                     threads=threads, prior=index, t_start=t_start, **settings)
     _say(f"sampled {len(structs)} structures in {time.time() - t0:.1f} s ({settings['steps']} steps, "
          f"corrector {'on' if settings['corrector'] else 'off'})")
     params = {"n": n, "mode": mode, "composition": composition, "chemsys": chemsys, "conditions": cond,
               "guidance": guid, "seed": seed, "device": device, "num_atoms": num_atoms, **settings}
+    if index is not None:
+        params["prior"] = {"kind": "store prototypes", "n_templates": len(index),
+                           "templates": sorted({s.properties["prior"]["template"] for s in structs
+                                                if s.properties.get("prior")}),
+                           "t_start": next((s.properties["prior"]["t_start"] for s in structs
+                                            if s.properties.get("prior")), None)}
     if candidates is not None:
         structs, params["ranking"] = _keep_lowest(structs, n, rank_mlip, device)
         params["candidates"] = candidates

@@ -484,6 +484,8 @@ def test_cli_csp_candidates_ranked_by_mlip(tmp_path, embedded_uri):
     (["--checkpoint", "CORRUPT"], "corrupt"),
     (["--candidates", "4"], "needs --mode csp"),
     (["--mode", "csp", "--composition", "NaCl", "-n", "3", "--candidates", "2"], "fewer than -n 3"),
+    (["--prior", "store"], "--prior gives prototype guesses for one composition: it needs --mode csp"),
+    (["--mode", "csp", "--composition", "NaCl", "--noise-from", "5"], "--noise-from applies to --prior store"),
 ])
 def test_cli_sample_bad_input_one_line(tmp_path, monkeypatch, capsys, args, msg):
     pytest.importorskip("pymatgen")

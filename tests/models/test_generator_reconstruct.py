@@ -12,7 +12,8 @@ from pymatgen.analysis.structure_matcher import StructureMatcher  # noqa: E402
 from pymatgen.core import Lattice, Structure  # noqa: E402
 
 from qadb.models.generator.prepare import atomic_radii, pack  # noqa: E402
-from qadb.models.generator.reconstruct import TemplateIndex, element_roles  # noqa: E402
+from qadb.models.generator.reconstruct import TemplateIndex  # noqa: E402
+from qadb.models.generator.templates import element_roles  # noqa: E402
 from qadb.models.generator.train import split_indices  # noqa: E402
 
 

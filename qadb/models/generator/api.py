@@ -21,6 +21,7 @@ from qadb.models.generator.sampler import sample_tensors
 _CHECKPOINTS = Path(__file__).resolve().parents[2] / "data" / "checkpoints"
 DEFAULT_CHECKPOINT = _CHECKPOINTS / "generator_default.pt"
 CSP_CHECKPOINT = _CHECKPOINTS / "generator_csp.pt"
+TEMPLATE_T_START = 100  # of T = 1,000: how much noise a prototype guess gets before the model refines it
 
 
 def default_checkpoint(mode: str = "gen") -> Path:
@@ -31,7 +32,7 @@ def default_checkpoint(mode: str = "gen") -> Path:
     return CSP_CHECKPOINT if mode == "csp" else DEFAULT_CHECKPOINT
 
 
-def _composition_types(composition) -> list[int]:
+def composition_types(composition) -> list[int]:
     """Atomic numbers of one cell for a composition (formula string, dict or pymatgen Composition)."""
     from pymatgen.core import Composition, Element
 
@@ -106,7 +107,8 @@ def sample(checkpoint=None, n: int = 1, mode: str = "gen", composition=None, che
            conditions: dict | None = None, guidance: dict | None = None, steps: int | None = None, seed: int = 0,
            device: str = "cpu", num_atoms: int | list | None = None, step_lr: float | None = None,
            corrector: bool | None = None, batch_size: int = 1000, return_tensors: bool = False,
-           threads: int | None = None, type_noise: float | None = None, coord_noise: float | None = None):
+           threads: int | None = None, type_noise: float | None = None, coord_noise: float | None = None,
+           prior=None, t_start: int | None = None):
     """Sample ``n`` crystals and return pymatgen Structures.
 
     mode ``"csp"``: structure prediction for ``composition`` (one cell: "Li2O" means 3 sites; give "Li4O2" for
@@ -122,6 +124,11 @@ def sample(checkpoint=None, n: int = 1, mode: str = "gen", composition=None, che
     as None takes the checkpoint's default (`sampler_defaults`). ``threads`` (CPU only): torch threads for this
     call; by default the idle cores (`cpu_threads`), at least 1: on a shared machine, threads that wait for a busy
     core at every operation make sampling several times slower than one thread.
+    ``prior`` (csp): a `templates.PrototypeIndex` of known crystals. When it holds crystals of the composition's
+    anonymous formula, sample i starts from the i-th closest prototype guess (cycling through them when there are
+    fewer than n), noised to step ``t_start`` (default `TEMPLATE_T_START`; 0 returns the guesses unrefined), and
+    the diffusion model refines it; without such crystals the samples come from noise as usual. Each structure's
+    ``properties["prior"]`` says which: the template's id and element distance, or None.
     """
     gen = (checkpoint if isinstance(checkpoint, LoadedGenerator)
            else load_checkpoint(checkpoint or default_checkpoint(mode)))
@@ -132,13 +139,22 @@ def sample(checkpoint=None, n: int = 1, mode: str = "gen", composition=None, che
     if mode not in ("csp", "gen"):
         raise InputError(f"mode must be 'csp' or 'gen', not {mode!r}")
     rng = torch.Generator().manual_seed(int(seed))
+    guesses = []
+    if prior is not None and mode != "csp":
+        raise InputError("a prototype prior applies to mode 'csp' (structure prediction)")
     if mode == "csp":
         if composition is None:
             raise InputError("mode 'csp' needs a composition")
-        zs = _composition_types(composition)
+        zs = composition_types(composition)
         na = torch.full((n,), len(zs), dtype=torch.long)
         types = torch.tensor(zs * n, dtype=torch.long)
         cs = None
+        if prior is not None:
+            t_start = TEMPLATE_T_START if t_start is None else int(t_start)
+            if not 0 <= t_start <= gen.schedules.T:
+                raise InputError(f"t_start must lie in 0..{gen.schedules.T}, not {t_start}")
+            found = prior.guesses(zs, k=n)
+            guesses = [found[i % len(found)] for i in range(n)] if found else []
     else:
         types, zs = None, None
         if num_atoms is not None:
@@ -159,14 +175,26 @@ def sample(checkpoint=None, n: int = 1, mode: str = "gen", composition=None, che
     prev_threads = torch.get_num_threads()
     if str(device).startswith("cpu"):
         torch.set_num_threads(int(threads) if threads else cpu_threads())
+    init = None
+    if guesses:
+        init = (torch.tensor(np.concatenate([q.frac for q in guesses]), dtype=torch.float32),
+                torch.tensor(np.stack([q.lattice for q in guesses]), dtype=torch.float32), t_start)
     try:
-        z, f, lat, nat = _sample_batches(gen, n, na, types, zs, props, g, cs, guidance, seed, device, batch_size,
-                                         sset)
+        if init is not None and t_start == 0:
+            z, f, lat, nat = types, init[0], init[1], na
+        else:
+            z, f, lat, nat = _sample_batches(gen, n, na, types, zs, props, g, cs, guidance, seed, device, batch_size,
+                                             sset, init)
     finally:
         torch.set_num_threads(prev_threads)
     if return_tensors:
         return z, f, lat, nat
-    return to_structures(z, f, lat, nat)
+    structs = to_structures(z, f, lat, nat)
+    if mode == "csp":
+        for i, s in enumerate(structs):
+            s.properties["prior"] = ({"template": guesses[i].source, "distance": round(guesses[i].distance, 4),
+                                      "t_start": t_start} if guesses else None)
+    return structs
 
 
 def cpu_threads() -> int:
@@ -180,7 +208,9 @@ def cpu_threads() -> int:
     return max(1, min(torch.get_num_threads(), idle))
 
 
-def _sample_batches(gen, n, na, types, zs, props, g, cs, guidance, seed, device, batch_size, sset: dict):
+def _sample_batches(gen, n, na, types, zs, props, g, cs, guidance, seed, device, batch_size, sset: dict,
+                    init: tuple | None = None):
+    """Sample in batches; ``init`` = (frac [n·len(zs),3], lattice rows [n,3,3], t_start) starts CSP from guesses."""
     zs_all, fr_all, la_all, na_all = [], [], [], []
     for i in range(0, n, batch_size):
         sl = slice(i, min(n, i + batch_size))
@@ -188,10 +218,13 @@ def _sample_batches(gen, n, na, types, zs, props, g, cs, guidance, seed, device,
         ty_b = None
         if types is not None:
             ty_b = torch.tensor(zs * len(na_b), dtype=torch.long)
+        start = {}
+        if init is not None:
+            start = {"init": (init[0][sl.start * len(zs): sl.stop * len(zs)], init[1][sl]), "t_start": init[2]}
         z, f, lat = sample_tensors(gen.model, gen.schedules, na_b, ty_b, props=props, guidance=g,
                                    chemsys=None if cs is None else cs[sl],
                                    chemsys_guidance=float((guidance or {}).get("chemsys", 1.0)), seed=seed + i,
-                                   device=device, elements=gen.elements, **sset)
+                                   device=device, elements=gen.elements, **start, **sset)
         zs_all.append(z), fr_all.append(f), la_all.append(lat), na_all.append(na_b)
     return torch.cat(zs_all), torch.cat(fr_all), torch.cat(la_all), torch.cat(na_all)
 

@@ -46,28 +46,10 @@ from qadb.models.generator.conditions import PROPS
 from qadb.models.generator.api import to_structures
 from qadb.models.generator.prepare import (atomic_radii, data_root, fill_mled_rows, pack, snap_frac, split_rows,
                                           tensor_hash)
+from qadb.models.generator.templates import element_roles
 
 SOURCE = "mp20_train_recon"
 MAX_EF_RESIDUAL = 0.1  # eV/atom between the CHGNet estimate and the row's DFT formation energy
-
-
-def _pauling(z: int) -> float:
-    from pymatgen.core import Element
-
-    x = Element.from_Z(int(z)).X
-    return 4.0 if np.isnan(x) else float(x)  # noble gases: most electronegative
-
-
-def element_roles(zs) -> tuple[tuple[int, ...], list[int]]:
-    """Element counts in ascending order and the elements in that order (ties: by electronegativity, then Z).
-
-    The counts are the anonymous formula of the cell; the order is how one crystal's elements are put on
-    another's sites."""
-    count: dict[int, int] = defaultdict(int)
-    for z in zs:
-        count[int(z)] += 1
-    order = sorted(count, key=lambda z: (count[z], _pauling(z), z))
-    return tuple(count[z] for z in order), order
 
 
 def cell_shape(lattice):

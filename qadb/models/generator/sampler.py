@@ -29,7 +29,8 @@ def sample_tensors(model, sched, num_atoms: torch.Tensor, types: torch.Tensor | 
                    chemsys_guidance: float = 0.0, steps: int | None = None, step_lr: float = 1e-5,
                    corrector: bool = True, n_corrector: int = 1, type_noise: float = 1.0, coord_noise: float = 1.0,
                    lattice_noise: float = 1.0, seed: int = 0,
-                   device: str = "cpu", elements: torch.Tensor | None = None):
+                   device: str = "cpu", elements: torch.Tensor | None = None,
+                   init: tuple[torch.Tensor, torch.Tensor] | None = None, t_start: int | None = None):
     """Sample B crystals.
 
     num_atoms: [B] long. types: [Na] atomic numbers (structure prediction) or None (ab initio).
@@ -41,6 +42,10 @@ def sample_tensors(model, sched, num_atoms: torch.Tensor, types: torch.Tensor | 
     the corrector, when on, still adds its Langevin noise), and lattice_noise that of the reverse lattice steps.
     elements: atomic numbers the final type decoding may choose when no chemsys is given (the checkpoint's training
     elements; None: any).
+    init, t_start (structure prediction only): start the reverse process at step t_start (1..T) from a given
+    structure (frac [Na,3], lattice rows [B,3,3] Å), noised to that step by the forward process, instead of from
+    pure noise at T; only the steps of the schedule at or below t_start run. This refines a prototype guess
+    (SDEdit): a small t_start keeps the guess, t_start = T forgets it.
     Returns (Z [Na], frac [Na,3], lattice rows [B,3,3] Å).
     """
     dev = torch.device(device)
@@ -57,6 +62,15 @@ def sample_tensors(model, sched, num_atoms: torch.Tensor, types: torch.Tensor | 
     B, Na = len(num_atoms), int(num_atoms.sum())
     crystal = torch.repeat_interleave(torch.arange(B, device=dev), num_atoms)
     csp = types is not None
+    if (init is None) != (t_start is None):
+        raise ValueError("init and t_start go together")
+    if init is not None:
+        if not csp:
+            raise ValueError("init (a starting structure) is for structure prediction: give the types")
+        if not 1 <= int(t_start) <= T:
+            raise ValueError(f"t_start must lie in 1..{T}, got {t_start}")
+        ts = [t for t in ts if t <= int(t_start)]
+        ts = ts if ts and ts[0] == int(t_start) else [int(t_start), *ts]
     mode = torch.full((B,), 0 if csp else 1, device=dev, dtype=torch.long)
     if csp:
         a_fixed = torch.nn.functional.one_hot(types.to(dev).long() - 1, N_TYPES).float()
@@ -114,6 +128,12 @@ def sample_tensors(model, sched, num_atoms: torch.Tensor, types: torch.Tensor | 
 
     lat = randn(B, 3, 3)
     frac = torch.rand(Na, 3, generator=gen).to(dev)
+    if init is not None:  # the forward process at t_start applied to the given structure
+        f0, rows0 = init[0].to(dev).float(), init[1].to(dev).float()
+        l0 = rows0.transpose(1, 2) / num_atoms.float().pow(1 / 3)[:, None, None]
+        ab0 = sched.abar[int(t_start)]
+        lat = ab0.sqrt() * l0 + (1 - ab0).sqrt() * lat
+        frac = (f0 + sched.sigmas[int(t_start)] * randn(Na, 3)) % 1.0
     masking = not csp and sched.type_process == "mask"
     if masking:  # every type starts hidden (zero vector) and is drawn once, at the step where it is revealed
         a = torch.zeros(Na, N_TYPES, device=dev)

@@ -39,11 +39,25 @@ def mp20_test_ids() -> set[str]:
         return set()
 
 
+def read_stored(structure: dict, max_sites: int, niggli: bool = False):
+    """A stored structure dict as a pymatgen Structure, reduced to its primitive cell when it has more than
+    ``max_sites`` sites (and Niggli-reduced if asked); None when pymatgen cannot read or reduce it."""
+    from pymatgen.core import Structure
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            s = Structure.from_dict(structure)
+            if len(s) > max_sites:
+                s = s.get_primitive_structure(tolerance=0.01)
+            return s.get_reduced_structure() if niggli else s
+    except Exception:  # noqa: BLE001 - an unreadable stored structure is skipped, and counted by the caller
+        return None
+
+
 def records_from_store(chemsys: str | None = None, max_atoms: int = 20, exclude_ids: set[str] | None = None,
                        limit: int = 0) -> tuple[list[dict], dict]:
     """Read structures (and their labels) from the connected store; returns (records, counts)."""
-    from pymatgen.core import Structure
-
     from qadb.store.documents import LabelDoc, StructureDoc
 
     exclude_ids = exclude_ids or set()
@@ -61,14 +75,8 @@ def records_from_store(chemsys: str | None = None, max_atoms: int = 20, exclude_
         if exclude_ids and any(s in exclude_ids for s in (doc.source_ids or [])):
             counts["test_id_skipped"] += 1
             continue
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                s = Structure.from_dict(doc.structure)
-                if len(s) > max_atoms:
-                    s = s.get_primitive_structure(tolerance=0.01)
-                s = s.get_reduced_structure()
-        except Exception:  # noqa: BLE001
+        s = read_stored(doc.structure, max_atoms, niggli=True)
+        if s is None:
             counts["bad"] += 1
             continue
         if len(s) > max_atoms:
