@@ -229,6 +229,8 @@ def sample_cmd(ctx, n, mode, composition, chemsys, conditions, guidance, steps, 
     path = Path(ckpt) if ckpt else default_checkpoint(mode)
     store = open_store(ctx) if to_store or prior == "store" else None
     gen = load_checkpoint(path, device=device)
+    if t_start is not None and t_start > gen.schedules.T:
+        raise InputError(f"--noise-from {t_start} is beyond the checkpoint's last diffusion step ({gen.schedules.T})")
     index = None
     if prior == "store":
         from qadb.models.generator.api import composition_types

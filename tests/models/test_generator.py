@@ -486,6 +486,8 @@ def test_cli_csp_candidates_ranked_by_mlip(tmp_path, embedded_uri):
     (["--mode", "csp", "--composition", "NaCl", "-n", "3", "--candidates", "2"], "fewer than -n 3"),
     (["--prior", "store"], "--prior gives prototype guesses for one composition: it needs --mode csp"),
     (["--mode", "csp", "--composition", "NaCl", "--noise-from", "5"], "--noise-from applies to --prior store"),
+    (["--mode", "csp", "--composition", "NaCl", "--prior", "store", "--noise-from", "5000"],
+     "--noise-from 5000 is beyond the checkpoint's last diffusion step (1000)"),
 ])
 def test_cli_sample_bad_input_one_line(tmp_path, monkeypatch, capsys, args, msg):
     pytest.importorskip("pymatgen")
