@@ -253,11 +253,10 @@ def sample_cmd(ctx, n, mode, composition, chemsys, conditions, guidance, steps, 
     params = {"n": n, "mode": mode, "composition": composition, "chemsys": chemsys, "conditions": cond,
               "guidance": guid, "seed": seed, "device": device, "num_atoms": num_atoms, **settings}
     if index is not None:
+        used = [s.properties["prior"] for s in structs if s.properties.get("prior")]
         params["prior"] = {"kind": "store prototypes", "n_templates": len(index),
-                           "templates": sorted({s.properties["prior"]["template"] for s in structs
-                                                if s.properties.get("prior")}),
-                           "t_start": next((s.properties["prior"]["t_start"] for s in structs
-                                            if s.properties.get("prior")), None)}
+                           "templates": sorted({u["template"] for u in used}),
+                           "t_start": used[0]["t_start"] if used else None}
     if candidates is not None:
         structs, params["ranking"] = _keep_lowest(structs, n, rank_mlip, device)
         params["candidates"] = candidates

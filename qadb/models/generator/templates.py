@@ -4,7 +4,7 @@ MP-20's test crystals mostly repeat prototypes of its training crystals, so a co
 from them: the training crystals with the same number of sites and the same element counts (anonymous formula),
 ranked by how alike their elements are to the target's once each is put on the other's role (count, then
 electronegativity). The best guess, its cell scaled isotropically to the target's atomic volumes, is the
-structure that ``sample_tensors(init=..., t_start=...)`` refines (``api.sample(prior="template")``). Composition
+structure that ``sample_tensors(init=..., t_start=...)`` refines (``api.sample(prior=index)``). Composition
 only: no target cell, energy or symmetry is used. CPU side (pymatgen for the element data).
 """
 
