@@ -784,3 +784,50 @@ def test_masked_type_process_learns_types_and_samples_categoricals(tmp_path):
     torch.save(ck, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="does not fit"):
         load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_prototype_counts_and_weighted_draws_favour_rare_prototypes(tmp_path):
+    """`prepare --proto-counts` keys a crystal by (sites, anonymous formula, space group): the four rock-salt cells
+    share one key, a CsCl-type cell (Pm-3m, not Fm-3m) has its own. With proto_alpha = 1 each prototype is drawn
+    equally often, so the lone CsCl cell is drawn about as often as the four rock-salt cells together; alpha 0
+    keeps epochs; a negative alpha, or alpha without the counts, is refused before anything is written."""
+    from pymatgen.core import Lattice, Structure
+
+    from qadb.models.generator.prepare import atomic_radii, main as prepare_main, pack
+    from qadb.models.generator.train import draw_weights, train
+
+    kw = _tiny_training_run(tmp_path)
+    blob = torch.load(kw["data"], weights_only=True)
+    cscl = Structure(Lattice.cubic(4.1), ["Cs", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])  # primitive: 2 sites, Pm-3m
+    extra = pack([dict(types=torch.tensor(cscl.atomic_numbers).numpy(), frac=cscl.frac_coords,
+                       lattice=cscl.lattice.matrix, props={}, material_id=None, source="test", formula="CsCl")],
+                 atomic_radii())
+    rs = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.6), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    rs = rs.get_primitive_structure()
+    recs = []
+    for i in range(4):  # four rock-salt primitive cells (Fm-3m), lattice parameter varied
+        s = rs.copy()
+        s.scale_lattice(rs.volume * (1 + 0.05 * i))
+        recs.append(dict(types=torch.tensor(s.atomic_numbers).numpy(), frac=s.frac_coords, lattice=s.lattice.matrix,
+                         props={}, material_id=None, source="test", formula="NaCl"))
+    new = pack(recs, atomic_radii())
+    tr = {k: (torch.cat([new[k], extra[k]]) if torch.is_tensor(new[k]) else new[k] + extra[k]) for k in new}
+    tr["radii"] = blob["train"]["radii"]
+    torch.save({**blob, "train": tr}, tmp_path / "d5.pt")
+    prepare_main(["--proto-counts", str(tmp_path / "d5.pt"), "--out", str(tmp_path / "d5pc.pt"), "--workers", "1"])
+    out = torch.load(tmp_path / "d5pc.pt", weights_only=True)
+    assert out["train"]["proto_count"].tolist() == [4, 4, 4, 4, 1]
+    assert json.loads(out["meta_json"])["proto_counts"] == {"symprec": 0.1, "prototypes": 2, "singletons": 1}
+
+    idx = torch.arange(5)
+    w = draw_weights(out["train"], idx, 1.0)
+    draws = torch.multinomial(w, 20000, replacement=True, generator=torch.Generator().manual_seed(0))
+    assert abs(float((draws == 4).float().mean()) - 0.5) < 0.02  # the lone prototype: half of all draws
+    assert draw_weights(out["train"], idx, 0.0) is None
+    with pytest.raises(InputError, match="proto_alpha must be >= 0"):
+        draw_weights(out["train"], idx, -1.0)
+    with pytest.raises(InputError, match="--proto-counts"):
+        train(**kw, proto_alpha=0.5)  # the file of _tiny_training_run has no counts
+    assert not (tmp_path / "st.pt").exists()
+    rec = train(**{**kw, "data": str(tmp_path / "d5pc.pt"), "val_frac": 0.2}, proto_alpha=0.5)
+    assert rec["config"]["proto_alpha"] == 0.5 and rec["step_end"] == 2

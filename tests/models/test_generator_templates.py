@@ -113,3 +113,49 @@ def test_cli_csp_with_store_prototypes_records_the_templates(tmp_path, embedded_
         known = {d.id for d in StructureDoc.objects(origin__kind__ne="generated")}
     assert docs and all(d.origin.settings["prior"]["kind"] == "store prototypes" for d in docs)
     assert set(docs[0].origin.settings["prior"]["templates"]) == known and len(known) == 2
+
+
+def test_guesses_file_refined_by_gpu_eval_and_its_errors(tmp_path, csp, capsys):
+    """`python -m qadb.models.generator.templates` writes the nearest guess of each test composition of a tensor
+    file (training crystals as templates), and `gpu_eval --csp-init FILE --t-start T` refines them: from t = 1 the
+    guess stays; a composition without a template (KBr3) is sampled from noise. A guesses file of other
+    compositions, or --csp-init without --t-start, is a one-line error and nothing is written."""
+    from qadb.models.generator import gpu_eval, templates
+    from qadb.models.generator.prepare import atomic_radii, pack
+
+    def packed(structs):
+        return pack([dict(types=np.array(s.atomic_numbers, np.int16), frac=s.frac_coords % 1.0,
+                          lattice=s.lattice.matrix, props={}, material_id=f"m{i}", source="t",
+                          formula=s.composition.reduced_formula) for i, s in enumerate(structs)], atomic_radii())
+
+    kbr3 = Structure(Lattice.cubic(5.0), ["K", "Br", "Br", "Br"], [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5],
+                                                                  [0, 0.5, 0.5]])
+    test = [_rocksalt(6.6, ("K", "Br")), _zincblende(5.65, ("Ga", "As")), kbr3]
+    data = tmp_path / "d.pt"
+    torch.save({"train": packed([_rocksalt(), _zincblende()]), "test": packed(test),
+                "meta_json": json.dumps({"train_hash": "t"})}, data)
+    templates.main(["--data", str(data), "--out", str(tmp_path / "g.npz")])
+    g = np.load(tmp_path / "g.npz")
+    assert g["guess_found"].tolist() == [True, True, False]
+    assert np.array_equal(g["csp_z"], np.concatenate([s.atomic_numbers for s in test]))
+    base = ["--ckpt", str(CSP_CHECKPOINT), "--data", str(data), "--csp-n", "3", "--chunk", "3", "--steps", "20",
+            "--no-corrector", "--device", "cpu"]
+    gpu_eval.main([*base, "--csp-init", str(tmp_path / "g.npz"), "--t-start", "1", "--out", str(tmp_path / "r.npz")])
+    r = np.load(tmp_path / "r.npz")
+    assert json.loads(str(r["meta_json"]))["t_start"] == 1
+    d = (r["csp_frac"][:16] - g["csp_frac"][:16] + 0.5) % 1.0 - 0.5
+    assert np.abs(d).max() < 0.05 and np.allclose(r["csp_lattice"][:2], g["csp_lattice"][:2], rtol=0.05, atol=0.1)
+    assert not np.allclose(r["csp_lattice"][2], g["csp_lattice"][2], atol=0.1)  # KBr3: from noise, not the cube
+    assert np.array_equal(r["csp_z"], g["csp_z"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit, match="go together"):
+        gpu_eval.main([*base, "--csp-init", str(tmp_path / "g.npz"), "--out", str(tmp_path / "bad.npz")])
+    torch.save({"train": packed([_rocksalt()]), "test": packed(test[:1]), "meta_json": "{}"}, tmp_path / "o.pt")
+    templates.main(["--data", str(tmp_path / "o.pt"), "--out", str(tmp_path / "other.npz")])
+    with pytest.raises(SystemExit, match="not the test compositions") as e:
+        gpu_eval.main([*base, "--csp-init", str(tmp_path / "other.npz"), "--t-start", "1", "--out",
+                       str(tmp_path / "bad.npz")])
+    assert "\n" not in str(e.value)
+    with pytest.raises(SystemExit, match="not a generator tensor file"):
+        templates.main(["--data", str(tmp_path / "g.npz"), "--out", str(tmp_path / "bad.npz")])
+    assert not (tmp_path / "bad.npz").exists()

@@ -3,6 +3,10 @@
 
     PYTHONPATH=. python -m qadb.models.generator.gpu_eval --ckpt CKPT --data .gen_scratch/gen_data.pt \
         --out $OUT/eval.npz --csp-n 9046 --gen-n 1000 --cfg-n 500
+
+``--csp-init GUESSES --t-start T`` runs structure prediction from prototype guesses (the file of
+``python -m qadb.models.generator.templates``), each noised to step T, instead of from noise; a composition without a
+guess is sampled from noise.
 """
 
 from __future__ import annotations
@@ -78,14 +82,15 @@ def parse(spec: str) -> dict:
 def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed=0, device=None,
         cfg_targets=(0.45, 0.75), step_lr_csp=1e-5, step_lr_gen=1e-5, csp_k_n=0, csp_k=20,
         corrector=True, type_noise=1.0, cond=(), cond_guidance: float | str = 1.0, coord_noise=1.0, csp_cond="",
-        csp_guidance=1.0, lattice_noise=1.0, csp_resume=None):
+        csp_guidance=1.0, lattice_noise=1.0, csp_resume=None, csp_init=None, t_start=None):
     """`cond`: ("name=value", ...) each sampled `gen_n` times under CFG with `cond_guidance` (tag ``cond_<name>``),
     to compare with the unconditioned ``gen`` samples of the same size (cfg_shift_<name>). `cond_guidance` is one
     strength for every property or "NAME=G[,NAME=G]" per property (others 1.0): under joint guidance one property's
     branch can drown the other's. `csp_resume`: an earlier file of this run cut short (fewer than `csp_n`
     compositions); its samples are kept and the rest drawn, so the result equals one uninterrupted run (a CPU run
     over the whole test set takes hours). `out` is rewritten after every CSP chunk, so a run killed part-way (a
-    device call's time limit) leaves a file that `csp_resume` continues."""
+    device call's time limit) leaves a file that `csp_resume` continues. `csp_init` + `t_start`: start each CSP
+    sample from its composition's prototype guess (a `templates` guesses file), noised to step `t_start`."""
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dev == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -105,6 +110,10 @@ def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed
     csp_settings = {"steps": steps, "corrector": corrector, "coord_noise": coord_noise, "lattice_noise": lattice_noise,
                     "step_lr_csp": step_lr_csp, "csp_cond": csp_cond, "csp_guidance": csp_guidance, "seed": seed,
                     "chunk": chunk, "device": str(torch.cuda.get_device_name() if dev == "cuda" else dev)}
+    if (csp_init is None) != (t_start is None):
+        raise ValueError("--csp-init and --t-start go together")
+    if csp_init is not None:
+        csp_settings.update(csp_init=os.path.basename(csp_init), t_start=int(t_start))
     csp_props = {"props": cp, "guidance": {p: csp_guidance for p in cp}} if cp else {}
     conds, joint = {}, {}
 
@@ -121,6 +130,7 @@ def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed
         types = te["types"].long()[: int(na.sum())]
         ptr = torch.cumsum(na, 0) - na
         zs, fs, ls, spent = [], [], [], 0.0
+        guess = _read_guesses(csp_init, na, types) if csp_init is not None else None
         if csp_resume:
             zs, fs, ls, spent = _resumed_csp(csp_resume, na, types, chunk, csp_settings, g.meta)
         _sync()
@@ -135,9 +145,12 @@ def run(ckpt, data, out, csp_n=0, gen_n=0, cfg_n=0, steps=1000, chunk=3000, seed
         for i in range(sum(len(x) for x in ls), len(na), chunk):
             nb = na[i:i + chunk]
             ty = types[int(ptr[i]): int(ptr[i]) + int(nb.sum())]
-            z, f, lat = sample_tensors(g.model, g.schedules, nb, ty, steps=steps, step_lr=step_lr_csp, seed=seed + i,
-                                       corrector=corrector, coord_noise=coord_noise, lattice_noise=lattice_noise,
-                                       device=dev, **csp_props)
+            kw = dict(steps=steps, step_lr=step_lr_csp, seed=seed + i, corrector=corrector, coord_noise=coord_noise,
+                      lattice_noise=lattice_noise, device=dev, **csp_props)
+            if guess is None:
+                z, f, lat = sample_tensors(g.model, g.schedules, nb, ty, **kw)
+            else:
+                z, f, lat = _from_guesses(g, nb, ty, guess, i, int(t_start), kw)
             zs.append(z), fs.append(f), ls.append(lat)
             _sync()
             record_csp()
@@ -238,6 +251,44 @@ def _resumed_csp(path, na: torch.Tensor, types: torch.Tensor, chunk: int, settin
     return zs, fs, ls, float(meta["timing"].get("csp_s", 0.0))
 
 
+def _read_guesses(path, na: torch.Tensor, types: torch.Tensor) -> dict:
+    """A `templates` guesses file for these test compositions: per-atom frac and lattice rows as tensors, ``found``
+    per composition; ValueError, naming the file, if it is unreadable or made for other compositions."""
+    try:
+        d = np.load(path)
+        found = torch.as_tensor(d["guess_found"]).bool()
+        num = d["csp_num_atoms"]
+        z = d["csp_z"]
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"--csp-init {path}: not a guesses file of qadb.models.generator.templates ({e})") from None
+    n_at = int(na.sum())
+    if len(num) < len(na) or not np.array_equal(num[:len(na)], na.numpy()) \
+            or not np.array_equal(z[:n_at], types.numpy()):
+        raise ValueError(f"--csp-init {path}: its compositions are not the test compositions of --data")
+    return {"found": found[:len(na)], "frac": torch.as_tensor(d["csp_frac"][:n_at]).float(),
+            "lattice": torch.as_tensor(d["csp_lattice"][:len(na)]).float(),
+            "ptr": torch.cumsum(na, 0) - na}
+
+
+def _from_guesses(g, nb: torch.Tensor, ty: torch.Tensor, guess: dict, first: int, t_start: int, kw: dict):
+    """CSP samples of the compositions first..first+len(nb): those with a guess refined from it (noised to
+    ``t_start``), the others from noise; returned in the compositions' order."""
+    found = guess["found"][first:first + len(nb)]
+    atom_found = found[torch.repeat_interleave(torch.arange(len(nb)), nb)]
+    f, lat = torch.zeros(int(nb.sum()), 3), torch.zeros(len(nb), 3, 3)
+    first_atom = int(guess["ptr"][first])
+    for refine in (True, False):
+        rows = torch.nonzero(found == refine)[:, 0]
+        atoms = torch.nonzero(atom_found == refine)[:, 0]
+        if not len(rows):
+            continue
+        start = {"init": (guess["frac"][first_atom + atoms], guess["lattice"][first + rows]),
+                 "t_start": t_start} if refine else {}
+        _, fp, lp = sample_tensors(g.model, g.schedules, nb[rows], ty[atoms], **kw, **start)
+        f[atoms], lat[rows] = fp.cpu(), lp.cpu()
+    return ty.clone(), f, lat
+
+
 def guidance_arg(value: str) -> float | str:
     """--cond-guidance: a number, or NAME=G[,NAME=G] with numeric G (argparse reports anything else in one line)."""
     if "=" in value:
@@ -273,6 +324,9 @@ def main(argv=None):
                          "(tag cond_joint)")
     ap.add_argument("--cond-guidance", type=guidance_arg, default=1.0,
                     help="G for every --cond property, or NAME=G[,NAME=G] per property (others 1.0)")
+    ap.add_argument("--csp-init", help="CSP from the prototype guesses of this file (python -m "
+                    "qadb.models.generator.templates), each noised to --t-start")
+    ap.add_argument("--t-start", type=int, help="with --csp-init: the diffusion step the guesses are noised to")
     ap.add_argument("--csp-resume", help="an earlier --out of this CSP run cut short: keep its samples, draw the rest")
     ap.add_argument("--sweep", type=int, default=0, help="only the sampler sweep on the first N test compositions")
     ap.add_argument("--sweep-set", choices=sorted(SWEEPS), default="steps", help="which settings --sweep compares")
@@ -287,7 +341,8 @@ def main(argv=None):
                      step_lr_csp=a.step_lr, step_lr_gen=a.step_lr, csp_k_n=a.csp_k_n, csp_k=a.csp_k,
                      corrector=a.corrector, type_noise=a.type_noise, cond=a.cond, cond_guidance=a.cond_guidance,
                      coord_noise=a.coord_noise, csp_cond=a.csp_cond, csp_guidance=a.csp_guidance,
-                     lattice_noise=a.lattice_noise, csp_resume=a.csp_resume)
+                     lattice_noise=a.lattice_noise, csp_resume=a.csp_resume, csp_init=a.csp_init,
+                     t_start=a.t_start)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     print(timing)

@@ -33,11 +33,14 @@ from qadb.models.generator.network import CrystalDenoiser, grow_fourier
 DEFAULTS = dict(hidden=256, layers=6, n_freq=16, T=1000, sigma_min=0.005, sigma_max=0.5, batch_size=256, lr=1e-3,
                 warmup=500, weight_decay=0.0, ema=0.999, grad_clip=1.0, gen_frac=0.5, p_drop=0.3, p_uncond=0.1,
                 p_chemsys=0.5, w_lattice=1.0, w_coord=1.0, w_type=20.0, lambda_c=0.0, val_frac=0.02, lr_decay="none",
-                lr_min=0.0, dropout=0.0, type_process="gaussian", w_type_mask=1.0, grad_clip_mode="norm")
+                lr_min=0.0, dropout=0.0, type_process="gaussian", w_type_mask=1.0, grad_clip_mode="norm",
+                proto_alpha=0.0)
 # type_process: "gaussian" (DDPM on the one-hot, loss weight w_type) or "mask" (absorbing-state discrete diffusion,
 # cross-entropy weighted by w_type_mask); a resumed state may switch to "mask" (the type head then learns logits).
 # grad_clip_mode: "norm" clips the global gradient norm to grad_clip; "value" clamps each gradient element to
 # ±grad_clip, as DiffCSP trains (its gradient_clip_algorithm "value").
+# proto_alpha: 0 draws every training crystal once per epoch; > 0 draws batches with replacement, crystal i with
+# probability ∝ proto_count_i^-proto_alpha (`prepare --proto-counts`), so rare prototypes are seen more often.
 # lr_decay="cosine": within each call, lr goes from `lr` to `lr_min` along a half cosine over the call's budget
 # (wall-clock fraction, or step fraction when --max-steps is given); warm-up applies to the first steps only.
 
@@ -230,6 +233,19 @@ def split_indices(n: int, n_real: int, val_frac: float) -> tuple[torch.Tensor, t
     return perm[:n_val], torch.cat([perm[n_val:], torch.arange(n_real, n)])
 
 
+def draw_weights(train_rows: dict, tr_idx: torch.Tensor, alpha: float) -> torch.Tensor | None:
+    """Per-row draw weights proto_count^-alpha of the training rows ``tr_idx`` (None for alpha 0: epochs)."""
+    if alpha < 0:
+        raise InputError(f"proto_alpha must be >= 0, got {alpha}")
+    if alpha == 0:
+        return None
+    if "proto_count" not in train_rows:
+        raise InputError("proto_alpha > 0 needs prototype counts in the training data: "
+                         "python -m qadb.models.generator.prepare --proto-counts DATA --out NEW")
+    counts = train_rows["proto_count"].double().clamp(min=1).to(tr_idx.device)
+    return counts[tr_idx].pow(-alpha)
+
+
 def train(data: str, state: str, ckpt: str | None = None, log: str | None = None, minutes: float = 8.0,
           max_steps: int = 0, seed: int = 0, device: str | None = None, run_name: str = "",
           ckpt_dtype: str = "float32", **overrides) -> dict:
@@ -335,6 +351,7 @@ def train(data: str, state: str, ckpt: str | None = None, log: str | None = None
     bs = int(cfg["batch_size"])
     hist, n_hist, last_save, curve = {}, 0, time.time(), []
     ptr_ep, order = 0, tr_idx[torch.randperm(len(tr_idx), device=dev)]
+    weights = draw_weights(tr_all, tr_idx, float(cfg["proto_alpha"]))
     model.train()
     t_loop = time.time()
     while True:
@@ -342,11 +359,14 @@ def train(data: str, state: str, ckpt: str | None = None, log: str | None = None
             break
         if time.time() - t_start > budget:
             break
-        if ptr_ep + bs > len(order):
-            order = tr_idx[torch.randperm(len(tr_idx), device=dev)]
-            ptr_ep = 0
-        idx = order[ptr_ep:ptr_ep + bs]
-        ptr_ep += bs
+        if weights is not None:
+            idx = tr_idx[torch.multinomial(weights, bs, replacement=True)]
+        else:
+            if ptr_ep + bs > len(order):
+                order = tr_idx[torch.randperm(len(tr_idx), device=dev)]
+                ptr_ep = 0
+            idx = order[ptr_ep:ptr_ep + bs]
+            ptr_ep += bs
         b = data_all.batch(idx)
         frac = (step - step0) / max_steps if max_steps else (time.time() - t_start) / budget
         lr = lr_at(cfg, step - warm_from, frac)
