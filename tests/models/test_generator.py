@@ -831,3 +831,28 @@ def test_prototype_counts_and_weighted_draws_favour_rare_prototypes(tmp_path):
     assert not (tmp_path / "st.pt").exists()
     rec = train(**{**kw, "data": str(tmp_path / "d5pc.pt"), "val_frac": 0.2}, proto_alpha=0.5)
     assert rec["config"]["proto_alpha"] == 0.5 and rec["step_end"] == 2
+
+
+def test_row_sets_train_on_the_mp20_like_part_of_the_pool_and_refuse_the_rest(tmp_path):
+    """`rows="mp20_like"` leaves out AFLOW rows and rows whose known E_hull is above 0.08 eV/atom (an unknown E_hull
+    is kept), `"mp20_only"` keeps MP-20's own sources; validation rows are not touched. An unknown row set, or one
+    that keeps nothing, is refused before a state is written."""
+    from qadb.models.generator.conditions import PROPS
+    from qadb.models.generator.train import select_rows, train
+
+    nan = float("nan")
+    props = torch.full((5, len(PROPS)), nan)
+    props[:, PROPS.index("e_hull")] = torch.tensor([0.0, 0.2, nan, 0.05, nan])
+    rows = {"source": ["mp20_val", "mpts52_test", "aflow_train", "mp_elasticity", "mp20_train_recon"], "props": props}
+    idx = torch.tensor([4, 3, 2, 1])  # row 0 stands for a validation row: never in the training indices
+    assert select_rows(rows, idx, "all").tolist() == [4, 3, 2, 1]
+    assert select_rows(rows, idx, "mp20_like").tolist() == [4, 3]
+    assert select_rows(rows, idx, "mp20_only").tolist() == [4]
+    with pytest.raises(InputError, match="rows 'mp20' is not one of all, mp20_like, mp20_only"):
+        select_rows(rows, idx, "mp20")
+    kw = _tiny_training_run(tmp_path)  # its rows' source is "test"
+    with pytest.raises(InputError, match="rows 'mp20_only' keeps no training crystal"):
+        train(**kw, rows="mp20_only")
+    assert not (tmp_path / "st.pt").exists()
+    rec = train(**kw, rows="mp20_like")
+    assert rec["config"]["rows"] == "mp20_like" and rec["step_end"] == 2

@@ -34,13 +34,16 @@ DEFAULTS = dict(hidden=256, layers=6, n_freq=16, T=1000, sigma_min=0.005, sigma_
                 warmup=500, weight_decay=0.0, ema=0.999, grad_clip=1.0, gen_frac=0.5, p_drop=0.3, p_uncond=0.1,
                 p_chemsys=0.5, w_lattice=1.0, w_coord=1.0, w_type=20.0, lambda_c=0.0, val_frac=0.02, lr_decay="none",
                 lr_min=0.0, dropout=0.0, type_process="gaussian", w_type_mask=1.0, grad_clip_mode="norm",
-                proto_alpha=0.0)
+                proto_alpha=0.0, rows="all")
 # type_process: "gaussian" (DDPM on the one-hot, loss weight w_type) or "mask" (absorbing-state discrete diffusion,
 # cross-entropy weighted by w_type_mask); a resumed state may switch to "mask" (the type head then learns logits).
 # grad_clip_mode: "norm" clips the global gradient norm to grad_clip; "value" clamps each gradient element to
 # ±grad_clip, as DiffCSP trains (its gradient_clip_algorithm "value").
 # proto_alpha: 0 draws every training crystal once per epoch; > 0 draws batches with replacement, crystal i with
 # probability ∝ proto_count_i^-proto_alpha (`prepare --proto-counts`), so rare prototypes are seen more often.
+# rows: which training crystals are drawn (validation rows never change): "all"; "mp20_like" leaves out AFLOW rows
+# (another code and prototype set) and rows with a known E_hull above MP-20's 0.08 eV/atom cut; "mp20_only" keeps
+# MP-20's own rows (validation split, pilot, rebuilt training crystals).
 # lr_decay="cosine": within each call, lr goes from `lr` to `lr_min` along a half cosine over the call's budget
 # (wall-clock fraction, or step fraction when --max-steps is given); warm-up applies to the first steps only.
 
@@ -246,6 +249,32 @@ def draw_weights(train_rows: dict, tr_idx: torch.Tensor, alpha: float) -> torch.
     return counts[tr_idx].pow(-alpha)
 
 
+ROW_SETS = ("all", "mp20_like", "mp20_only")
+MP20_E_HULL_MAX = 0.08  # eV/atom: MP-20's stability cut (CDVAE)
+
+
+def select_rows(train_rows: dict, tr_idx: torch.Tensor, rows: str) -> torch.Tensor:
+    """The training rows of ``tr_idx`` that the row set ``rows`` (see ROW_SETS) keeps, so a run can be trained on
+    the part of the pool that looks like MP-20 without a new data file or a new validation split."""
+    if rows not in ROW_SETS:
+        raise InputError(f"rows {rows!r} is not one of {', '.join(ROW_SETS)}")
+    if rows == "all":
+        return tr_idx
+    if "source" not in train_rows:
+        raise InputError(f"rows {rows!r} needs the 'source' column of the training data")
+    src = train_rows["source"]
+    if rows == "mp20_only":
+        keep = [s.startswith("mp20_") for s in src]
+    else:
+        e_hull = train_rows["props"][:, PROPS.index("e_hull")].tolist()
+        keep = [not s.startswith("aflow") and not (e == e and e > MP20_E_HULL_MAX) for s, e in zip(src, e_hull)]
+    mask = torch.tensor(keep, dtype=torch.bool, device=tr_idx.device)
+    out = tr_idx[mask[tr_idx]]
+    if len(out) == 0:
+        raise InputError(f"rows {rows!r} keeps no training crystal of this file")
+    return out
+
+
 def train(data: str, state: str, ckpt: str | None = None, log: str | None = None, minutes: float = 8.0,
           max_steps: int = 0, seed: int = 0, device: str | None = None, run_name: str = "",
           ckpt_dtype: str = "float32", **overrides) -> dict:
@@ -269,7 +298,8 @@ def train(data: str, state: str, ckpt: str | None = None, log: str | None = None
     tr_all = blob["train"]
     n = len(tr_all["num_atoms"])
     val_idx, tr_idx = split_indices(n, int(meta.get("n_real_train", n)), cfg["val_frac"])
-    val_idx, tr_idx, n_val = val_idx.to(dev), tr_idx.to(dev), len(val_idx)
+    val_idx, n_val = val_idx.to(dev), len(val_idx)
+    tr_idx = select_rows(tr_all, tr_idx.to(dev), cfg["rows"])
     data_all = CrystalData(tr_all, dev)
     radii = tr_all["radii"].float().to(dev)
     mcfg = dict(hidden=cfg["hidden"], layers=cfg["layers"], n_freq=cfg["n_freq"], dropout=cfg["dropout"])
