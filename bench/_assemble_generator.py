@@ -99,7 +99,10 @@ def assemble(gen: dict, gen_path: str, csp_full: dict, csp_k20: dict | None = No
         reference[label] = {k: gen[k] for k in CSP_HEADLINE if k in gen} | {"source": gen_path}
     res.update(_csp_only(csp_full, "--csp-full", "csp_match_rate_1"))
     for name, ref in (csp_full.get("csp_reference") or {}).items():  # scored beside it, paired composition by composition
-        run = ((ref.get("meta") or {}).get("ckpt_meta") or {}).get("run") or name
+        meta = ref.get("meta") or {}
+        run = (meta.get("ckpt_meta") or {}).get("run") or name
+        if run in reference:  # the same checkpoint sampled again (another seed): both figures stay
+            run = f"{run}, seed {meta.get('seed', name)}"
         reference[run] = {k: ref[k] for k in (*CSP_HEADLINE, "paired_with_this") if k in ref} | {
             "source": "--reference of the --csp-full file"}
     if csp_k20 is not None:

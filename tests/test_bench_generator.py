@@ -206,7 +206,10 @@ def test_assemble_takes_csp_figures_from_the_csp_files_and_the_rest_from_the_gen
                                "csp_meta": {"ckpt_meta": {"run": "scratch", "step": 72193, "data_hash": "f6"}},
                                "csp_reference": {"prev": {"csp_match_rate_1": 44.0, "csp_n": 9046,
                                                           "meta": {"ckpt_meta": {"run": "older-run"}},
-                                                          "paired_with_this": {"only_this": 935}}}})
+                                                          "paired_with_this": {"only_this": 935}},
+                                                 # the checkpoint shipped before, sampled again with another seed
+                                                 "again": {"csp_match_rate_1": 34.1, "csp_n": 9046,
+                                                           "meta": {"ckpt_meta": {"run": "r14"}, "seed": 1}}}})
     k20 = write("k20.json", {"csp_match_rate_20": 84.0, "csp_match_rate_1_ranked": 55.7, "csp_match_rate_1": 40.0})
     k8 = write("k8.json", {"csp_match_rate_1_ranked": 59.3, "csp_match_rate_8": 75.3, "csp_match_rate_1": 47.0})
     pair = write("pair.json", {"csp_match_rate_1": 42.9, "csp_rmse_1": 0.16, "csp_n": 1000, "csp_reference": {
@@ -226,6 +229,7 @@ def test_assemble_takes_csp_figures_from_the_csp_files_and_the_rest_from_the_gen
     assert d["csp_cpu_default"]["csp_match_rate_1"] == 42.9
     assert d["csp_cpu_default"]["paired_with_r14"] == {"only_this": 129}
     assert d["csp_reference"]["r14"]["csp_match_rate_1"] == 34.5  # what the file held before moves aside
+    assert d["csp_reference"]["r14, seed 1"]["csp_match_rate_1"] == 34.1  # beside it, not over it
     # a checkpoint scored beside the CSP file keeps its paired comparison, under its run's name
     assert d["csp_reference"]["older-run"]["paired_with_this"] == {"only_this": 935}
     assert d["checkpoint"]["csp"]["step"] == 72193 and d["checkpoint"]["gen"]["run"] == "r14"
