@@ -34,7 +34,7 @@ DEFAULTS = dict(hidden=256, layers=6, n_freq=16, T=1000, sigma_min=0.005, sigma_
                 warmup=500, weight_decay=0.0, ema=0.999, grad_clip=1.0, gen_frac=0.5, p_drop=0.3, p_uncond=0.1,
                 p_chemsys=0.5, w_lattice=1.0, w_coord=1.0, w_type=20.0, lambda_c=0.0, val_frac=0.02, lr_decay="none",
                 lr_min=0.0, dropout=0.0, type_process="gaussian", w_type_mask=1.0, grad_clip_mode="norm",
-                proto_alpha=0.0, rows="all")
+                proto_alpha=0.0, rows="all", amp="float32")
 # type_process: "gaussian" (DDPM on the one-hot, loss weight w_type) or "mask" (absorbing-state discrete diffusion,
 # cross-entropy weighted by w_type_mask); a resumed state may switch to "mask" (the type head then learns logits).
 # grad_clip_mode: "norm" clips the global gradient norm to grad_clip; "value" clamps each gradient element to
@@ -44,6 +44,8 @@ DEFAULTS = dict(hidden=256, layers=6, n_freq=16, T=1000, sigma_min=0.005, sigma_
 # rows: which training crystals are drawn (validation rows never change): "all"; "mp20_like" leaves out AFLOW rows
 # (another code and prototype set) and rows with a known E_hull above MP-20's 0.08 eV/atom cut; "mp20_only" keeps
 # MP-20's own rows (validation split, pilot, rebuilt training crystals).
+# amp: "bfloat16" runs the training forward pass under autocast (matrix products in bf16, losses and weights in fp32);
+# "float32" (TF32 matrix products on the GPU) is what every run before session 27 used.
 # lr_decay="cosine": within each call, lr goes from `lr` to `lr_min` along a half cosine over the call's budget
 # (wall-clock fraction, or step fraction when --max-steps is given); warm-up applies to the first steps only.
 
@@ -59,6 +61,14 @@ def lr_at(cfg: dict, step: int, frac: float) -> float:
 
 
 GRAD_CLIP_MODES = ("norm", "value")
+AMP_DTYPES = ("float32", "bfloat16")
+
+
+def autocast(dev: torch.device, amp: str):
+    """The forward pass's precision context: bf16 autocast for ``amp == "bfloat16"``, plain fp32 otherwise."""
+    if amp not in AMP_DTYPES:
+        raise InputError(f"amp {amp!r} is not one of {', '.join(AMP_DTYPES)}")
+    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp == "bfloat16")
 
 
 def clip_gradients(model: nn.Module, cfg: dict) -> torch.Tensor:
@@ -294,6 +304,7 @@ def train(data: str, state: str, ckpt: str | None = None, log: str | None = None
     cfg.update({k: v for k, v in overrides.items() if v is not None})
     if cfg["grad_clip_mode"] not in GRAD_CLIP_MODES:
         raise InputError(f"grad_clip_mode {cfg['grad_clip_mode']!r} is not one of {', '.join(GRAD_CLIP_MODES)}")
+    autocast(dev, cfg["amp"])  # an unknown precision fails here, before any state is written
     torch.manual_seed(seed)
     tr_all = blob["train"]
     n = len(tr_all["num_atoms"])
@@ -402,7 +413,8 @@ def train(data: str, state: str, ckpt: str | None = None, log: str | None = None
         lr = lr_at(cfg, step - warm_from, frac)
         for gparam in opt.param_groups:
             gparam["lr"] = lr
-        loss, o = diffusion_loss(model, sched, b, cfg, radii)
+        with autocast(dev, cfg["amp"]):
+            loss, o = diffusion_loss(model, sched, b, cfg, radii)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gn = clip_gradients(model, cfg)
@@ -448,15 +460,18 @@ def train(data: str, state: str, ckpt: str | None = None, log: str | None = None
     return record
 
 
-def probe_throughput(data: str, sizes=(256, 1024, 2048), steps: int = 25, device: str | None = None) -> dict:
-    """Training-step time of a fresh model at several batch sizes (5 warm-up steps, then ``steps`` timed). On the
-    H100 a step is bound by kernel launches, not arithmetic, so larger batches cost almost no more time."""
+def probe_throughput(data: str, sizes=(256, 1024, 2048), steps: int = 25, device: str | None = None,
+                     hidden: int | None = None, amp: str | None = None) -> dict:
+    """Training-step time of a fresh model of width ``hidden`` at several batch sizes (5 warm-up steps, then
+    ``steps`` timed), with the forward pass at precision ``amp``. At width 256 on the H100 a step is bound by
+    kernel launches, not arithmetic, so larger batches cost almost no more time."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     blob = load_training_data(data)
     d = CrystalData(blob["train"], dev)
-    model, sched = CrystalDenoiser().to(dev), Schedules().to(dev)
+    model = CrystalDenoiser(hidden=hidden or DEFAULTS["hidden"]).to(dev)
+    sched, amp = Schedules().to(dev), amp or DEFAULTS["amp"]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     res = {}
     for bs in sizes:
@@ -465,7 +480,8 @@ def probe_throughput(data: str, sizes=(256, 1024, 2048), steps: int = 25, device
                 if dev.type == "cuda":
                     torch.cuda.synchronize()
                 t0 = time.time()
-            loss, _ = diffusion_loss(model, sched, d.batch(torch.randint(0, d.n, (bs,), device=dev)), DEFAULTS)
+            with autocast(dev, amp):
+                loss, _ = diffusion_loss(model, sched, d.batch(torch.randint(0, d.n, (bs,), device=dev)), DEFAULTS)
             opt.zero_grad()
             loss.backward()
             clip_gradients(model, DEFAULTS)
@@ -539,7 +555,7 @@ def main(argv=None):
     if a["data"] is None:
         ap.error("--data is required (the training tensor file)")
     if a.pop("probe"):
-        print("probe", json.dumps(probe_throughput(a["data"], device=a["device"])))
+        print("probe", json.dumps(probe_throughput(a["data"], device=a["device"], hidden=a["hidden"], amp=a["amp"])))
         return
     if export is not None:
         try:
