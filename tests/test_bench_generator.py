@@ -296,3 +296,17 @@ def test_assemble_files_prototype_prior_figures_beside_not_over_the_sample_from_
     with pytest.raises(SystemExit, match="no 'retrieval' reference"):
         assemble.main(["--gen", gen, "--csp-full", full, "--csp-prior", bad, "--csp-file", str(ck),
                        "--out", str(tmp_path / "w.json")])
+
+
+def test_mlip_ranking_is_paired_with_each_compositions_first_sample():
+    """csp_ranked_metrics picks the lowest CHGNet energy per atom (the real model, bundled in its package) and says
+    where the pick differs from sample 1: here sample 1 of NaCl is a CsCl-type cell with Na-Cl at 2.25 A, which
+    neither matches rock salt nor is low in energy, so the ranking gains that composition and loses none."""
+    pytest.importorskip("chgnet")
+    nacl, mgo = _rocksalt("Na", "Cl", 5.64), _rocksalt("Mg", "O", 4.21)
+    wrong = _cscl("Na", "Cl", 2.6)
+    r = gen_bench.csp_ranked_metrics([[wrong, nacl], [mgo, mgo.copy()]], [nacl, mgo], "chgnet", workers=1)
+    assert r["csp_match_rate_1_ranked"] == 100.0
+    assert r["csp_match_rate_1_ranked_picked_first"] == 1
+    assert r["csp_match_rate_1_ranked_vs_first"] == {"n": 2, "both": 1, "only_this": 1, "only_reference": 0,
+                                                     "mcnemar_p": 1.0}
