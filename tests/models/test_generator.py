@@ -627,22 +627,31 @@ def test_export_from_a_state_written_before_dropout_existed(tmp_path):
     assert all(torch.equal(v.float(), ema[k].float()) for k, v in g.model.state_dict().items())
 
 
-def test_the_committed_from_scratch_state_exports_its_ema_weights_with_dropout(tmp_path):
-    """train_states/generator_scratch_state.pt (the run started in session 17, resumed by each session) is a slim
-    state under 20 MB: config with dropout 0.1, the step, EMA weights that export into a loadable checkpoint."""
+@pytest.mark.parametrize("name, hidden, amp, ckpt_dtype", [
+    ("generator_scratch_state.pt", 256, "float32", "float32"),  # the run started in session 17 (generator_csp.pt)
+    ("generator_w384_state.pt", 384, "bfloat16", "bfloat16"),  # the hidden-384 run started in session 27
+])
+def test_the_committed_from_scratch_states_export_their_ema_weights_with_dropout(tmp_path, name, hidden, amp,
+                                                                                 ckpt_dtype):
+    """The committed train states of the from-scratch runs are slim (EMA weights, no raw weights or Adam moments,
+    under the 50 MB state limit): config with dropout 0.1, width and training precision, the step, and EMA weights
+    that export into a loadable checkpoint under the 20 MB checkpoint limit (width 384 only in bf16)."""
     from qadb.models.generator.train import STATE_KIND, export_checkpoint, read_raw
 
-    state = Path(__file__).resolve().parents[2] / "train_states/generator_scratch_state.pt"
+    state = Path(__file__).resolve().parents[2] / "train_states" / name
     if not state.exists():
-        pytest.skip("committed from-scratch state not present")
-    assert state.stat().st_size < 20e6
+        pytest.skip(f"committed state {name} not present")
+    assert state.stat().st_size < 50e6
     raw = read_raw(str(state), STATE_KIND)
-    assert json.loads(raw["config_json"])["dropout"] == 0.1 and raw["step"] > 0
+    cfg = {"amp": "float32", **json.loads(raw["config_json"])}  # states before session 27 have no "amp"
+    assert cfg["dropout"] == 0.1 and cfg["hidden"] == hidden and cfg["amp"] == amp and raw["step"] > 0
     assert "opt" not in raw and "model" not in raw
-    export_checkpoint(str(state), str(tmp_path / "g.pt"))
+    export_checkpoint(str(state), str(tmp_path / "g.pt"), dtype=ckpt_dtype)
+    assert (tmp_path / "g.pt").stat().st_size < 20e6
     g = load_checkpoint(tmp_path / "g.pt")
     assert g.model.config["dropout"] == 0.1
-    assert all(torch.equal(v.float(), raw["ema"][k].float()) for k, v in g.model.state_dict().items())
+    assert all(torch.equal(v.float(), raw["ema"][k].to(getattr(torch, ckpt_dtype)).float())
+               for k, v in g.model.state_dict().items())
 
 
 def _tiny_training_run(tmp_path) -> dict:
