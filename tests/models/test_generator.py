@@ -691,6 +691,22 @@ def test_a_slim_state_resumes_from_its_ema_weights_with_a_fresh_warm_up(tmp_path
     assert {"model", "opt"} <= set(full) and full["step"] == 4
 
 
+def test_a_bf16_slim_state_is_half_the_size_and_resumes_in_fp32(tmp_path):
+    from qadb.models.generator.train import STATE_KIND, read_raw, slim_state, train
+
+    kw = _tiny_training_run(tmp_path)
+    train(**{**kw, "hidden": 64})
+    slim_state(str(tmp_path / "st.pt"), str(tmp_path / "s32.pt"))
+    slim_state(str(tmp_path / "st.pt"), str(tmp_path / "s16.pt"), dtype="bfloat16")
+    e32, e16 = (read_raw(str(tmp_path / f), STATE_KIND)["ema"] for f in ("s32.pt", "s16.pt"))
+    assert all(e16[k].dtype == torch.bfloat16 and torch.equal(e16[k], v.to(torch.bfloat16)) for k, v in e32.items())
+    assert (tmp_path / "s16.pt").stat().st_size < 0.6 * (tmp_path / "s32.pt").stat().st_size
+    rec = train(**{**kw, "hidden": 64, "state": str(tmp_path / "s16.pt")})
+    assert rec["step_end"] == 4
+    full = read_raw(str(tmp_path / "s16.pt"), STATE_KIND)
+    assert all(v.dtype == torch.float32 for v in full["ema"].values() if v.is_floating_point())
+
+
 def test_train_cli_slims_and_exports_without_a_state_and_names_missing_or_bad_arguments(tmp_path, capsys):
     """`--slim` needs only its two paths and `--export` only `--data` (the elements it may emit); a malformed
     `--sampler` or a training call without `--state` is a usage error in one line, and nothing is written."""

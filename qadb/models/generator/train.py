@@ -499,11 +499,15 @@ def training_elements(data: str) -> list[int]:
     return torch.unique(blob["train"]["types"]).tolist()
 
 
-def slim_state(state: str, out: str) -> int:
+def slim_state(state: str, out: str, dtype: str = "float32") -> int:
     """Write ``state`` without its raw weights and Adam moments (a third of the size), so that a long run's state can
-    be committed; `train` resumes it from the EMA weights with a fresh optimiser and a new warm-up. Returns the step."""
+    be committed; `train` resumes it from the EMA weights with a fresh optimiser and a new warm-up. ``bfloat16``
+    halves it again (the EMA weights rounded once, as a bf16 checkpoint's are; training goes on in fp32).
+    Returns the step."""
     st = read_raw(state, STATE_KIND)
     slim = {k: v for k, v in st.items() if k not in ("model", "opt")}
+    if dtype == "bfloat16":
+        slim["ema"] = _bf16(slim["ema"])
     tmp = str(out) + ".tmp"
     torch.save(slim, tmp)
     os.replace(tmp, out)
@@ -541,7 +545,8 @@ def main(argv=None):
     ap.add_argument("--ckpt-dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--export", nargs=2, metavar=("STATE", "CKPT"), help="only write CKPT from STATE")
     ap.add_argument("--slim", nargs=2, metavar=("STATE", "OUT"),
-                    help="only write OUT: STATE without raw weights and Adam moments (resumes from the EMA weights)")
+                    help="only write OUT: STATE without raw weights and Adam moments (resumes from the EMA weights); "
+                         "--ckpt-dtype bfloat16 stores the EMA weights in bf16")
     ap.add_argument("--probe", action="store_true", help="only time training steps at batch 256/1024/2048")
     ap.add_argument("--sampler", default=None,
                     help='with --export: default sampler settings as JSON, e.g. \'{"steps": 100, "corrector": false}\'')
@@ -550,7 +555,7 @@ def main(argv=None):
     a = vars(ap.parse_args(argv))
     sampler, slim, export = a.pop("sampler"), a.pop("slim"), a.pop("export")
     if slim is not None:
-        print("slim state at step", slim_state(*slim))
+        print("slim state at step", slim_state(*slim, dtype=a["ckpt_dtype"]))
         return
     if a["data"] is None:
         ap.error("--data is required (the training tensor file)")
