@@ -1,6 +1,6 @@
 """Rebuild `bench/results/generator.json` when its CSP and its ab initio figures come from two checkpoints.
 
-Since session 19 the platform ships one generator checkpoint per task (docs/generator.md, "Session 19"), so the
+Since session 19 the platform ships one generator checkpoint per task (docs/generator_log.md, "Session 19"), so the
 results file joins the scored files of both: every `csp*` figure from the CSP checkpoint's files (all 9,046 at 1
 sample; optionally k samples, an MLIP-ranked pick, the CPU-default pair), every other figure from a results file of
 the ab initio checkpoint. `details.checkpoint` names the checkpoint behind each group, and the CSP figures the file

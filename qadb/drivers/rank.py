@@ -3,7 +3,7 @@
 Structure prediction by diffusion proposes many cells for a composition; the one to report is the most
 stable. A universal MLIP's single-point energy ranks the raw samples well enough: on 100 MP-20 test
 compositions with 20 samples each, relaxing the three lowest before re-ranking changed the match rate by
-1 point (docs/generator.md, "Session 7"), at 20× the cost.
+1 point (docs/generator_log.md, "Session 7"), at 20× the cost.
 """
 
 from __future__ import annotations

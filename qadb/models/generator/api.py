@@ -27,7 +27,7 @@ TEMPLATE_T_START = 100  # of T = 1,000: how much noise a prototype guess gets be
 def default_checkpoint(mode: str = "gen") -> Path:
     """The committed checkpoint for a sampling mode. One model per task, as DiffCSP trains its CSP and ab initio
     models apart: the structure-prediction one places atoms better but combines elements worse when it samples
-    compositions itself (docs/generator.md, "Session 19"). No fallback from one to the other: a missing file is
+    compositions itself (docs/generator_log.md, "Session 19"). No fallback from one to the other: a missing file is
     reported when it is loaded, rather than samples silently coming from the model trained for the other task."""
     return CSP_CHECKPOINT if mode == "csp" else DEFAULT_CHECKPOINT
 
@@ -120,7 +120,7 @@ def sample(checkpoint=None, n: int = 1, mode: str = "gen", composition=None, che
     ``type_noise`` (ab initio): scale of the noise of the reverse type steps (1 = plain DDPM; the committed
     checkpoint uses 0.7: fewer distinct elements per crystal, higher compositional validity). ``coord_noise``: the
     same for the fractional-coordinate predictor (the committed checkpoint uses 0 in CSP mode: a higher match rate
-    at 100 steps, docs/generator.md "Session 7"). Each of these left
+    at 100 steps, docs/generator_log.md "Session 7"). Each of these left
     as None takes the checkpoint's default (`sampler_defaults`). ``threads`` (CPU only): torch threads for this
     call; by default the idle cores (`cpu_threads`), at least 1: on a shared machine, threads that wait for a busy
     core at every operation make sampling several times slower than one thread.

@@ -30,7 +30,7 @@ def _sync():
 
 
 # sampler settings compared by `--sweep N --sweep-set NAME` (CSP on the first N test compositions, one .npz per set;
-# docs/generator.md has the scores): "steps" is session 2's (steps and corrector step size), "noise" session 18's
+# docs/generator_log.md has the scores): "steps" is session 2's (steps and corrector step size), "noise" session 18's
 # (corrector step size, predictor noise of the coordinates and of the lattice at 1,000 steps; "base_s1" is the base
 # setting with another seed, to show the sampling noise of a single figure)
 SWEEPS = {
