@@ -351,6 +351,8 @@ def test_sampler_n_corrector_and_defaults(sched):
     assert sampler_defaults(per_mode, mode="csp")["coord_noise"] == 0.0
     assert sampler_defaults(per_mode, mode="gen")["coord_noise"] == 1.0
     assert sampler_defaults(per_mode, coord_noise=0.5, mode="csp")["coord_noise"] == 0.5
+    fewer = LoadedGenerator(model=model, schedules=sched, sampler={"steps": 100, "steps_csp": 50})  # docs, Left to do 3d
+    assert [sampler_defaults(fewer, mode=m)["steps"] for m in ("csp", "gen")] == [50, 100]
     corr = LoadedGenerator(model=model, schedules=sched, sampler={"corrector": False, "corrector_gen": True})
     assert sampler_defaults(corr, mode="gen")["corrector"] and not sampler_defaults(corr, mode="csp")["corrector"]
     assert not sampler_defaults(corr, corrector=False, mode="gen")["corrector"]
